@@ -1,0 +1,36 @@
+# Smallest end-to-end run (used by the test suite): Prune-and-Merge Segmenter-Mask at ViT-T
+# sizes on 256x256 crops of the ADE20K sample, from random initialisation; 2 scoring
+# iterations, 2 finetuning iterations. A pipeline check, not a result.
+_base_ = ['../pm_segmenter_vit-t_ade20k.py']
+data_root = 'data/ade20k_sample/ADEChallengeData2016'
+crop_size = (256, 256)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(img_size=crop_size, drop_path_rate=0.0, pm_cfg=dict(score_iters=2)),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(192, 192)))
+load_from = None
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(1024, 256), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(1024, 256), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+randomness = dict(seed=0, deterministic=False)
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, begin=0, end=2, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))

@@ -1,0 +1,3 @@
+from .hooks import PMCompressHook
+
+__all__ = ['PMCompressHook']

@@ -1,0 +1,3 @@
+from .pm_compress_hook import PMCompressHook
+
+__all__ = ['PMCompressHook']

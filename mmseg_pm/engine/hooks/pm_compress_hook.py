@@ -1,0 +1,103 @@
+"""``PMCompressHook``: compress at the start of training, keep the teacher across resumes."""
+import copy
+import os.path as osp
+from typing import Optional
+
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmseg.registry import HOOKS
+
+from ...compression import compress_segmentor, get_pm_backbone
+from ...utils.io import save_json
+from ...utils.preflight import UserError
+
+
+@HOOKS.register_module()
+class PMCompressHook(Hook):
+    """Run the Prune-and-Merge compression step before the first training iteration.
+
+    * ``before_train``: if the loaded weights carry no structure (``load_from`` = an
+      uncompressed Segmenter), freeze the teacher, score ``score_iters`` training batches,
+      search and install the structure (:func:`mmseg_pm.compression.compress_segmentor`), log
+      the table and write ``<work_dir>/pm_structure.json``. If the model already holds a
+      structure (``--resume``, or ``load_from`` a compressed checkpoint) nothing is scored again.
+    * ``before_save_checkpoint`` / ``after_load_checkpoint``: carry the teacher's weights as
+      ``checkpoint['pm_teacher']`` so that ``--resume`` continues the same distillation.
+
+    Args:
+        overrides (dict, optional): compression settings replacing the backbone's ``pm_cfg``
+            (``keep_rate``, ``prune_rate``, ``score_iters``, ...).
+        structure_file (str): file name of the JSON record in ``work_dir``.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, overrides: Optional[dict] = None,
+                 structure_file: str = 'pm_structure.json'):
+        self.overrides = overrides or {}
+        self.structure_file = structure_file
+
+    @staticmethod
+    def _model(runner):
+        model = runner.model
+        return model.module if is_model_wrapper(model) else model
+
+    def before_train(self, runner) -> None:
+        model = self._model(runner)
+        backbone = get_pm_backbone(model)
+        if backbone.is_compressed:
+            print_log('Prune-and-Merge: the loaded checkpoint carries its structure; not '
+                      'scoring again', logger='current')
+            if hasattr(model, 'init_teacher') and model.teacher is None:
+                print_log('Prune-and-Merge: no teacher weights in the checkpoint: distillation '
+                          'is off for this run', logger='current', level=30)
+            return
+        # a loader of its own: iterating runner.train_dataloader a second time would close the
+        # InfiniteSampler's shared index generator under the training loop
+        data = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader),
+                                       seed=runner.seed)
+        report = compress_segmentor(model, data, self.overrides, progress=is_main_process())
+        if is_main_process():
+            path = save_json(report, osp.join(runner.work_dir, self.structure_file))
+            print_log(f'Prune-and-Merge structure saved to {path}', logger='current')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        teacher = getattr(self._model(runner), 'teacher', None)
+        if teacher is not None:
+            checkpoint['pm_teacher'] = {k: v.cpu() for k, v in teacher.state_dict().items()}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = self._model(runner)
+        check_checkpoint_matches(model, checkpoint)
+        if 'pm_teacher' in checkpoint and hasattr(model, 'init_teacher'):
+            model.init_teacher(checkpoint['pm_teacher'])
+
+
+def check_checkpoint_matches(model, checkpoint: dict) -> None:
+    """Refuse a checkpoint whose weights do not fit the model (MMEngine loads ``load_from``
+    with ``strict=False``, which would only warn and train from random weights).
+
+    Prune-and-Merge tensors (``backbone.pm.*``) may be absent (an uncompressed checkpoint) and
+    may differ in shape (they are re-shaped to the checkpoint's structure).
+
+    Raises:
+        UserError: names the first missing or mismatched tensors and both shapes.
+    """
+    state = checkpoint.get('state_dict', checkpoint)
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = model.state_dict()
+    is_pm = lambda k: k.startswith('backbone.pm.')  # noqa: E731
+    missing = [k for k in own if k not in state and not is_pm(k)]
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in own.items()
+                  if k in state and not is_pm(k) and hasattr(state[k], 'shape')
+                  and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or mismatched:
+        raise UserError(
+            'the checkpoint does not match the config: '
+            + (f'{len(mismatched)} shape mismatches, e.g. {"; ".join(mismatched[:3])}. '
+               if mismatched else '')
+            + (f'{len(missing)} missing tensors, e.g. {", ".join(missing[:3])}. '
+               if missing else '')
+            + 'Use the uncompressed checkpoint of the same architecture as this config.')

@@ -1,0 +1,3 @@
+from .prune_merge_vit import CompressedTokens, PruneMergeViT
+
+__all__ = ['PruneMergeViT', 'CompressedTokens']

@@ -1,0 +1,3 @@
+from .token_reconstruct_neck import TokenReconstructNeck
+
+__all__ = ['TokenReconstructNeck']

@@ -1,0 +1,39 @@
+"""``TokenReconstructNeck``: restores compressed backbone outputs to the full token grid."""
+from typing import Optional
+
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+
+from ..backbones.prune_merge_vit import CompressedTokens
+
+
+@MODELS.register_module()
+class TokenReconstructNeck(BaseModule):
+    """Restore :class:`CompressedTokens` outputs of ``PruneMergeViT`` to full grids.
+
+    Mao et al., "Prune and Merge", IEEE TMM 2025 (arXiv 2503.23455), §1.7 of method.md.
+
+    With ``pm_cfg.restore_outputs=False`` the backbone hands an ``out_indices`` output that lies
+    inside a span as merged tokens ``(B, P + K, C)``; this neck applies the span's reconstruct
+    matrix R (and the pruned-token shortcut) and returns ``(B, C, H/16, W/16)``, exactly what
+    the backbone returns with ``restore_outputs=True``. Full-grid tensors pass through. The
+    restored tuple then goes through ``neck`` (any mmseg neck, e.g. ``MultiLevelNeck`` for
+    UPerNet-ViT / SETR-MLA), if given.
+
+    Args:
+        neck (dict, optional): config of a neck applied after the restoration. Default: None.
+        init_cfg (dict, optional): mmengine init config. Default: None.
+    """
+
+    def __init__(self, neck: Optional[dict] = None, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.neck = MODELS.build(neck) if neck is not None else None
+
+    def forward(self, inputs):
+        """Args: inputs (tuple): backbone outputs (Tensor or CompressedTokens).
+
+        Returns:
+            tuple: full-grid outputs, after ``neck`` if configured.
+        """
+        outs = tuple(x.restore() if isinstance(x, CompressedTokens) else x for x in inputs)
+        return self.neck(outs) if self.neck is not None else outs

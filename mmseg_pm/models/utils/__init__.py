@@ -1,0 +1,4 @@
+from . import prune_merge
+from .prune_merge import PMStructure, PMStructureError
+
+__all__ = ['prune_merge', 'PMStructure', 'PMStructureError']

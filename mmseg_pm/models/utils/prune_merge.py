@@ -1,0 +1,437 @@
+"""Pure token maths of Prune-and-Merge (no ``nn.Module``, no registry).
+
+Mao et al., "Prune and Merge: Efficient Token Compression for Vision Transformer with Spatial
+Information Preserved", IEEE TMM 2025 (arXiv 2503.23455). Section numbers (§) refer to
+``../shared/docs/method.md``, the method reference of this project.
+
+Conventions used throughout:
+
+* A token sequence has shape ``(B, P + N, C)``: ``P`` prefix tokens (the CLS token of mmseg's
+  ``VisionTransformer`` when ``with_cls_token=True``, so ``P`` is 0 or 1) followed by the
+  ``N = H_g * W_g`` patch tokens in raster order. Prefix tokens are never merged or pruned.
+* A compression *structure* for one layer (or span of layers) partitions the ``N`` patches into
+  ``K`` merge groups plus a pruned set:
+
+  - ``assign`` (LongTensor, shape ``(N,)``): the group ``k in [0, K)`` of each patch, ``-1`` for a
+    pruned patch.
+  - ``centers`` (LongTensor, shape ``(K,)``): the patch index of each group's center, increasing.
+  - ``merge_weight`` (Tensor, shape ``(N,)``): the non-zero support of the merge matrix,
+    ``M[P + assign[j], P + j] = merge_weight[j]`` (0 for pruned patches).
+  - ``restore_weight`` (Tensor, shape ``(N,)``): the support of the reconstruct matrix,
+    ``R[P + j, P + assign[j]] = restore_weight[j]`` (0 for pruned patches).
+
+  The dense matrices of the paper are ``M`` of shape ``(P + K, P + N)``, ``R`` of shape
+  ``(P + N, P + K)`` and the token mask ``t`` of shape ``(P + N,)`` (1 = kept or merged,
+  0 = pruned); prefix rows/columns are the identity. ``to_dense_*`` converts exactly.
+
+Sparse application (:func:`merge_tokens`, :func:`reconstruct_tokens`) costs O(B * N * C) with a
+scatter-add and a gather; it never forms the dense ``(P + K) x (P + N)`` product.
+"""
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+#: epsilon of the official code in the weight denominator and the L2 normalisation (§10)
+EPS = 1e-8
+
+
+class PMStructureError(ValueError):
+    """Raised for an inconsistent compression structure (shapes, group indices, grid)."""
+
+
+@dataclass
+class PMStructure:
+    """One Prune-and-Merge structure: the merge groups and pruned set of one layer or span.
+
+    Attributes:
+        grid_size (tuple[int, int]): patch grid ``(H_g, W_g)`` the structure is built for;
+            ``N = H_g * W_g``.
+        assign (Tensor): LongTensor ``(N,)``, group of each patch in ``[0, K)`` or -1 (pruned).
+        centers (Tensor): LongTensor ``(K,)``, patch index of each group's center, increasing.
+        merge_weight (Tensor): ``(N,)`` float, support of the merge matrix M (0 where pruned).
+        restore_weight (Tensor): ``(N,)`` float, support of the reconstruct matrix R
+            (0 where pruned); :func:`closed_form_restore_weight` gives ``pinv(M)`` (§1.5).
+    """
+    grid_size: Tuple[int, int]
+    assign: Tensor
+    centers: Tensor
+    merge_weight: Tensor
+    restore_weight: Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the number of patch tokens."""
+        return int(self.assign.numel())
+
+    @property
+    def num_groups(self) -> int:
+        """K, the number of merged tokens (centers) the block runs on, besides the prefix."""
+        return int(self.centers.numel())
+
+    @property
+    def pruned(self) -> Tensor:
+        """Bool ``(N,)``: patches that skip the block(s) through the shortcut."""
+        return self.assign < 0
+
+    def is_identity(self) -> bool:
+        """True when K = N, nothing is pruned and M = R = I (the block is unchanged)."""
+        n = self.num_tokens
+        return (self.num_groups == n
+                and bool(torch.equal(self.assign, torch.arange(n, device=self.assign.device)))
+                and bool((self.merge_weight == 1).all())
+                and bool((self.restore_weight == 1).all()))
+
+    def summary(self) -> dict:
+        """JSON-serialisable description: grid, N, K, merged and pruned counts, groups."""
+        pruned = self.pruned
+        return dict(
+            grid_size=list(self.grid_size),
+            num_tokens=self.num_tokens,
+            num_groups=self.num_groups,
+            num_merged=self.num_tokens - self.num_groups - int(pruned.sum()),
+            num_pruned=int(pruned.sum()),
+            centers=self.centers.tolist(),
+            assign=self.assign.tolist(),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary())
+
+
+# --------------------------------------------------------------------------------------------
+# building structures
+# --------------------------------------------------------------------------------------------
+def identity_structure(grid_size: Sequence[int], device=None) -> PMStructure:
+    """Identity structure: every patch is its own center (K = N), M = R = I, nothing pruned.
+
+    Args:
+        grid_size (tuple[int, int]): patch grid ``(H_g, W_g)``.
+    """
+    h, w = (int(v) for v in grid_size)
+    n = h * w
+    idx = torch.arange(n, device=device)
+    ones = torch.ones(n, device=device)
+    return PMStructure((h, w), idx, idx.clone(), ones, ones.clone())
+
+
+def merge_to_center_assign(centers: Tensor, grid_size: Sequence[int],
+                           official_row_clip: bool = True) -> Tensor:
+    """Group every patch with a center: contiguous raster runs cut at midpoints (§1.4).
+
+    Run ``k`` ends at ``ceil((c_k + c_{k+1}) / 2)`` (a tie goes to the later center), clipped at
+    the end of the center's image row; the next run starts where the previous one ended; the
+    last center takes the tail. Official code [CLS-CODE ``get_merge_matrix``] computes the
+    center's row as ``(c_k + 1) // W_g`` (off by one for a center in the last column); pass
+    ``official_row_clip=False`` for the intended ``c_k // W_g``.
+
+    Args:
+        centers (Tensor): LongTensor ``(K,)`` of patch indices, strictly increasing, K >= 1.
+        grid_size (tuple[int, int]): ``(H_g, W_g)``.
+        official_row_clip (bool): replicate the official off-by-one. Default: True.
+
+    Returns:
+        Tensor: LongTensor ``(N,)`` with the run (group) index of every patch.
+
+    Raises:
+        PMStructureError: no center, centers not strictly increasing or out of range.
+    """
+    h, w = (int(v) for v in grid_size)
+    n = h * w
+    c = [int(v) for v in centers.tolist()]
+    if not c:
+        raise PMStructureError('a structure needs at least one center (K >= 1)')
+    if any(b <= a for a, b in zip(c, c[1:])) or c[0] < 0 or c[-1] >= n:
+        raise PMStructureError(f'centers must be strictly increasing patch indices in [0, {n})')
+    assign = torch.empty(n, dtype=torch.long)
+    left = 0
+    for k in range(len(c) - 1):
+        right = -(-(c[k] + c[k + 1]) // 2)  # ceil
+        row = (c[k] + 1) // w if official_row_clip else c[k] // w
+        if right // w > row:
+            right = (row + 1) * w
+        assign[left:right] = k
+        left = right
+    assign[left:] = len(c) - 1
+    return assign.to(centers.device)
+
+
+def closed_form_restore_weight(assign: Tensor, merge_weight: Tensor) -> Tensor:
+    """Support of ``R = pinv(M)`` for a merge matrix whose rows have disjoint supports (§1.5).
+
+    ``R[j, k] = M[k, j] / ||M[k, :]||^2`` for patch ``j`` in group ``k``; 0 for pruned patches
+    (their column of M is zero). Equals ``torch.linalg.pinv(M)`` on the support.
+
+    Args:
+        assign (Tensor): LongTensor ``(N,)``, group per patch or -1.
+        merge_weight (Tensor): ``(N,)`` support of M.
+
+    Returns:
+        Tensor: ``(N,)`` support of R, same dtype as ``merge_weight``.
+    """
+    kept = assign >= 0
+    groups = assign.clamp(min=0)
+    num_groups = int(assign.max()) + 1 if kept.any() else 1
+    w = merge_weight * kept
+    sq = torch.zeros(num_groups, dtype=w.dtype, device=w.device).index_add_(0, groups, w * w)
+    return torch.where(kept, w / sq[groups].clamp_min(torch.finfo(w.dtype).tiny),
+                       torch.zeros_like(w))
+
+
+def build_structure(scores: Tensor, center_mask: Tensor, prune_mask: Tensor,
+                    grid_size: Sequence[int], official_row_clip: bool = True,
+                    eps: float = EPS) -> PMStructure:
+    """Merge-to-center structure from token scores and the center / pruned sets (§1.4, §1.5).
+
+    Member ``j`` of the group of center ``c`` gets merge weight ``s_j / (s_c + eps)`` (a
+    weighted sum, not an average); the center itself gets exactly 1 (the official code gives
+    ``s_c / (s_c + 1e-8)``, within 1e-6 of 1, and 0 for a zero-score center, which we avoid);
+    pruned patches get 0 and ``assign = -1``. ``restore_weight`` is the closed-form
+    ``pinv(M)``.
+
+    Args:
+        scores (Tensor): ``(N,)`` non-negative importance of each patch (§3, normalised).
+        center_mask (Tensor): bool ``(N,)``, the centers (K = its sum >= 1).
+        prune_mask (Tensor): bool ``(N,)``, the pruned patches (disjoint from centers).
+        grid_size (tuple[int, int]): ``(H_g, W_g)`` with ``H_g * W_g = N``.
+        official_row_clip (bool): see :func:`merge_to_center_assign`. Default: True.
+        eps (float): denominator epsilon of the official code. Default: 1e-8.
+
+    Returns:
+        PMStructure
+
+    Raises:
+        PMStructureError: wrong lengths, no center, or a patch both center and pruned.
+    """
+    h, w = (int(v) for v in grid_size)
+    n = h * w
+    for name, t in (('scores', scores), ('center_mask', center_mask), ('prune_mask', prune_mask)):
+        if t.shape != (n,):
+            raise PMStructureError(f'{name} must have shape ({n},) for grid {h}x{w}, '
+                                   f'got {tuple(t.shape)}')
+    if bool((center_mask & prune_mask).any()):
+        raise PMStructureError('a patch cannot be both a center and pruned')
+    centers = torch.nonzero(center_mask).flatten()
+    assign = merge_to_center_assign(centers, (h, w), official_row_clip)
+    s = scores.detach().to(torch.float64).clamp_min(0)
+    weight = s / (s[centers][assign] + eps)
+    weight[centers] = 1.0
+    weight[prune_mask] = 0.0
+    assign = torch.where(prune_mask, torch.full_like(assign, -1), assign)
+    weight = weight.to(torch.float32)
+    return PMStructure((h, w), assign, centers, weight,
+                       closed_form_restore_weight(assign, weight))
+
+
+def select_tokens(scores: Tensor, num_keep: int, num_prune: int) -> Tuple[Tensor, Tensor]:
+    """Centers = the ``num_keep`` highest scores, pruned = the ``num_prune`` lowest.
+
+    Ties are broken deterministically by position (the earlier patch ranks higher), so the
+    counts are exact.
+
+    Args:
+        scores (Tensor): ``(N,)``.
+        num_keep (int): K, in ``[1, N]``.
+        num_prune (int): in ``[0, N - K]``.
+
+    Returns:
+        tuple[Tensor, Tensor]: bool masks ``(N,)`` of centers and pruned patches.
+    """
+    n = scores.numel()
+    if not 1 <= num_keep <= n or not 0 <= num_prune <= n - num_keep:
+        raise ValueError(f'need 1 <= num_keep <= N and 0 <= num_prune <= N - num_keep, got '
+                         f'num_keep={num_keep}, num_prune={num_prune}, N={n}')
+    # stable descending sort: equal scores keep raster order
+    order = torch.sort(scores.detach().float(), descending=True, stable=True).indices
+    center = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    center[order[:num_keep]] = True
+    prune = torch.zeros_like(center)
+    if num_prune:
+        prune[order[n - num_prune:]] = True
+    return center, prune
+
+
+def check_rates(keep_rate: float, prune_rate: float) -> None:
+    """Validate ``keep_rate`` in (0, 1], ``prune_rate`` in [0, 1), their sum <= 1.
+
+    Raises:
+        ValueError: with the offending values.
+    """
+    if not (isinstance(keep_rate, (int, float)) and 0 < keep_rate <= 1):
+        raise ValueError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
+    if not (isinstance(prune_rate, (int, float)) and 0 <= prune_rate < 1):
+        raise ValueError(f'prune_rate must be in [0, 1), got {prune_rate!r}')
+    if keep_rate + prune_rate > 1 + 1e-9:
+        raise ValueError(f'keep_rate + prune_rate must be <= 1, got {keep_rate} + {prune_rate}')
+
+
+def structure_from_scores(scores: Tensor, grid_size: Sequence[int], keep_rate: float,
+                          prune_rate: float = 0.0, official_row_clip: bool = True) -> PMStructure:
+    """Uniform structure of one layer: K = max(1, int(N * keep_rate)) centers, int(N *
+    prune_rate) pruned, the rest merged (official per-layer rule, §3; the global cross-layer
+    search lives in :mod:`mmseg_pm.compression`).
+
+    Args:
+        scores (Tensor): ``(N,)`` token importance; higher is more important.
+        grid_size (tuple[int, int]): ``(H_g, W_g)``.
+        keep_rate (float): in (0, 1].
+        prune_rate (float): in [0, 1), ``keep_rate + prune_rate <= 1``.
+        official_row_clip (bool): see :func:`merge_to_center_assign`.
+
+    Raises:
+        ValueError: rates out of range.
+    """
+    check_rates(keep_rate, prune_rate)
+    n = scores.numel()
+    num_keep = max(1, int(n * keep_rate))
+    num_prune = min(int(n * prune_rate), n - num_keep)
+    center, prune = select_tokens(scores, num_keep, num_prune)
+    return build_structure(scores, center, prune, grid_size, official_row_clip)
+
+
+def validate_structure(s: PMStructure, where: str = 'Prune-and-Merge structure') -> None:
+    """Check that a structure is consistent; raise :class:`PMStructureError` if not.
+
+    Checks: ``assign`` is a LongTensor ``(N,)`` with ``N = H_g * W_g`` and values in
+    ``[-1, K)``; ``centers`` is ``(K,)``, K >= 1, strictly increasing patch indices, and each
+    center belongs to its own group (``assign[centers[k]] == k``); weights are finite ``(N,)``.
+
+    Args:
+        s (PMStructure): the structure.
+        where (str): prefix of the error message (which layer / checkpoint entry).
+    """
+    h, w = (int(v) for v in s.grid_size)
+    n, k = h * w, s.centers.numel()
+    a, c = s.assign, s.centers
+    if a.dtype != torch.long or c.dtype != torch.long:
+        raise PMStructureError(f'{where}: assign and centers must be int64 tensors')
+    if tuple(a.shape) != (n,):
+        raise PMStructureError(f'{where}: assign has shape {tuple(a.shape)}, expected ({n},) '
+                               f'for grid {h}x{w}')
+    if c.dim() != 1 or k < 1:
+        raise PMStructureError(f'{where}: needs at least one center, got centers of shape '
+                               f'{tuple(c.shape)}')
+    if bool((a < -1).any()) or bool((a >= k).any()):
+        raise PMStructureError(f'{where}: group indices out of range [-1, {k}) '
+                               f'(min {int(a.min())}, max {int(a.max())})')
+    if bool((c < 0).any()) or bool((c >= n).any()) or bool((c[1:] <= c[:-1]).any()):
+        raise PMStructureError(f'{where}: centers must be strictly increasing indices in '
+                               f'[0, {n})')
+    if not torch.equal(a[c], torch.arange(k, device=a.device)):
+        raise PMStructureError(f'{where}: center k must belong to group k')
+    for name in ('merge_weight', 'restore_weight'):
+        t = getattr(s, name)
+        if tuple(t.shape) != (n,):
+            raise PMStructureError(f'{where}: {name} has shape {tuple(t.shape)}, expected '
+                                   f'({n},)')
+        if not bool(torch.isfinite(t).all()):
+            raise PMStructureError(f'{where}: {name} has non-finite values')
+
+
+# --------------------------------------------------------------------------------------------
+# dense forms
+# --------------------------------------------------------------------------------------------
+def to_dense_merge(s: PMStructure, num_prefix: int) -> Tensor:
+    """Dense merge matrix M, shape ``(P + K, P + N)``; prefix block is the identity."""
+    p, n, k = num_prefix, s.num_tokens, s.num_groups
+    m = torch.zeros(p + k, p + n, dtype=s.merge_weight.dtype, device=s.merge_weight.device)
+    m[torch.arange(p), torch.arange(p)] = 1
+    kept = torch.nonzero(s.assign >= 0).flatten()
+    m[p + s.assign[kept], p + kept] = s.merge_weight[kept]
+    return m
+
+
+def to_dense_restore(s: PMStructure, num_prefix: int) -> Tensor:
+    """Dense reconstruct matrix R, shape ``(P + N, P + K)``; prefix block is the identity."""
+    p, n, k = num_prefix, s.num_tokens, s.num_groups
+    r = torch.zeros(p + n, p + k, dtype=s.restore_weight.dtype, device=s.restore_weight.device)
+    r[torch.arange(p), torch.arange(p)] = 1
+    kept = torch.nonzero(s.assign >= 0).flatten()
+    r[p + kept, p + s.assign[kept]] = s.restore_weight[kept]
+    return r
+
+
+def to_token_mask(s: PMStructure, num_prefix: int) -> Tensor:
+    """Token mask t, float ``(P + N,)``: 1 for prefix and non-pruned patches, 0 for pruned."""
+    prefix = torch.ones(num_prefix, device=s.assign.device)
+    return torch.cat([prefix, (s.assign >= 0).float()])
+
+
+# --------------------------------------------------------------------------------------------
+# applying structures
+# --------------------------------------------------------------------------------------------
+def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
+                 num_prefix: int) -> Tensor:
+    """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
+
+    Prefix tokens are copied; patch ``j`` is added into group ``assign[j]`` with weight
+    ``merge_weight[j]``; pruned patches (``assign = -1``) contribute nothing.
+
+    Args:
+        x (Tensor): ``(B, P + N, C)``.
+        assign (Tensor): LongTensor ``(N,)``.
+        merge_weight (Tensor): ``(N,)``, already zero where pruned (or masked by the caller).
+        num_groups (int): K.
+        num_prefix (int): P.
+
+    Returns:
+        Tensor: ``(B, P + K, C)``.
+    """
+    b, _, c = x.shape
+    p = num_prefix
+    patches = x[:, p:] * merge_weight.to(x.dtype)[None, :, None]
+    z = x.new_zeros(num_groups, b, c)
+    # scatter-add along the leading dim is the fast path on CPU (contiguous (B, C) slabs)
+    z.index_add_(0, assign.clamp(min=0), patches.transpose(0, 1))
+    z = z.transpose(0, 1)
+    return torch.cat([x[:, :p], z], dim=1) if p else z
+
+
+def reconstruct_tokens(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
+                       num_prefix: int, prune_mask: Optional[Tensor] = None) -> Tensor:
+    """Sparse ``y = R z + (1 - t) * x``: restore ``(B, P + K, C)`` tokens to ``(B, P + N, C)``.
+
+    Prefix tokens come from ``z``; patch ``j`` gets ``restore_weight[j] * z[P + assign[j]]``;
+    pruned patches get their block input ``shortcut`` unchanged (§1.3).
+
+    Args:
+        z (Tensor): ``(B, P + K, C)`` block output in the compressed space.
+        shortcut (Tensor): ``(B, P + N, C)`` input of the merge (the pruned tokens' source).
+        assign (Tensor): LongTensor ``(N,)``.
+        restore_weight (Tensor): ``(N,)``, zero where pruned (or masked by the caller).
+        num_prefix (int): P.
+        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
+
+    Returns:
+        Tensor: ``(B, P + N, C)``.
+    """
+    p = num_prefix
+    y = z[:, p:].index_select(1, assign.clamp(min=0)) * restore_weight.to(z.dtype)[None, :, None]
+    if prune_mask is None:
+        prune_mask = assign < 0
+    if bool(prune_mask.any()):
+        y = y + shortcut[:, p:] * prune_mask.to(z.dtype)[None, :, None]
+    return torch.cat([z[:, :p], y], dim=1) if p else y
+
+
+def merge_tokens_dense(x: Tensor, merge_matrix: Tensor) -> Tensor:
+    """Dense ``z = M x`` on the token dim: ``(P+K, P+N) @ (B, P+N, C) -> (B, P+K, C)``."""
+    return torch.matmul(merge_matrix.to(x.dtype), x)
+
+
+def reconstruct_tokens_dense(z: Tensor, shortcut: Tensor, restore_matrix: Tensor,
+                             token_mask: Tensor) -> Tensor:
+    """Dense ``y = R z + (1 - t) * x``: ``(B, P+K, C) -> (B, P+N, C)`` (§1.3)."""
+    return (torch.matmul(restore_matrix.to(z.dtype), z)
+            + shortcut * (1 - token_mask.to(z.dtype))[None, :, None])
+
+
+def grid_from_num_tokens(num_tokens: int) -> Tuple[int, int]:
+    """Square grid ``(sqrt(N), sqrt(N))``; raises ValueError if N is not a square."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f'{num_tokens} tokens do not form a square grid; give grid_size')
+    return side, side
