@@ -210,6 +210,16 @@ class PruneMergeViT(VisionTransformer):
                     with_cls_token=self.with_cls_token,
                     units=[u.summary() for u in self.pm_units])
 
+    def init_weights(self):
+        """mmseg's initialisation; ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (or
+        ``pretrained=PATH``) loads a local file through
+        :func:`mmseg_pm.models.utils.checkpoint.load_pretrained_backbone`."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            from ..utils.checkpoint import load_pretrained_backbone
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
+        else:
+            super().init_weights()
+
     # ---------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
