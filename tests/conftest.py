@@ -6,8 +6,12 @@ import sys
 
 import pytest
 import torch
+from mmseg.utils import register_all_modules
+
+import mmseg_pm  # noqa: F401  (registers the package, applies the stack fixes)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+register_all_modules(init_default_scope=True)
 SAMPLE = os.environ.get('MMSEG_PM_SAMPLE',
                         osp.join(osp.dirname(REPO), 'shared', 'data', 'ade20k_sample'))
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
-from mmseg.utils import register_all_modules
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.models.utils import prune_merge as pm
@@ -14,7 +13,6 @@ from mmseg_pm.models.utils import prune_merge as pm
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
                  if '_base_' not in p)
-register_all_modules(init_default_scope=True)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, REPO))

@@ -15,7 +15,8 @@ Differences from the official code, all documented in the returned rows:
 * ties are broken by rank order (earlier unit, then earlier token first), so the counts are
   exact; the official ``>=`` threshold admits every tie;
 * every unit keeps at least one center (the official builder crashes on zero centers, §10): a
-  unit left without one gets its best token as center, one center more than the budget;
+  unit left without one gets its best token as center and the lowest-scored center of a unit
+  with several becomes a merged token, so the total stays exact;
 * a layer whose scores are all zero or not finite falls back to flat scores (a warning is
   logged): it is then compressed by raster position only.
 """
@@ -116,13 +117,7 @@ def search_structures(scores: Dict[int, Tensor], spans: Sequence[Tuple[int, int]
         pooled = torch.cat(per_unit)
         c, p = pm.select_tokens(pooled, n_keep * u, min(n_prune * u, n * u - n_keep * u))
         centers, pruned = list(c.view(u, n)), list(p.view(u, n))
-        for k, s in enumerate(per_unit):
-            if not bool(centers[k].any()):  # at least one center per unit
-                best = int(torch.argmax(s))
-                centers[k] = centers[k].clone()
-                centers[k][best] = True
-                pruned[k] = pruned[k].clone()
-                pruned[k][best] = False
+        _ensure_one_center(centers, pruned, per_unit, pooled)
     structures, rows = {}, []
     for (a, b), s, c, p in zip(spans, per_unit, centers, pruned):
         st = pm.build_structure(s.float(), c, p, (h, w), official_row_clip)
@@ -131,6 +126,26 @@ def search_structures(scores: Dict[int, Tensor], spans: Sequence[Tuple[int, int]
         rows.append(dict(span=[a, b], N=n, K=k, merged=n - k - int(p.sum()), pruned=int(p.sum()),
                          keep=round(k / n, 4)))
     return structures, rows
+
+
+def _ensure_one_center(centers, pruned, per_unit, pooled) -> None:
+    """Give every unit at least one center, keeping the total: a unit without one takes its
+    best token, and the lowest-scored center of a unit with several becomes a merged token."""
+    n = centers[0].numel()
+    for k, s in enumerate(per_unit):
+        if bool(centers[k].any()):
+            continue
+        best = int(torch.argmax(s))
+        centers[k] = centers[k].clone()
+        centers[k][best] = True
+        pruned[k] = pruned[k].clone()
+        pruned[k][best] = False
+        donors = torch.cat([c & (c.sum() > 1) for c in centers])
+        if bool(donors.any()):
+            flat = torch.where(donors, pooled, torch.full_like(pooled, float('inf')))
+            worst = int(torch.argmin(flat))
+            centers[worst // n] = centers[worst // n].clone()
+            centers[worst // n][worst % n] = False
 
 
 def format_table(rows: List[dict]) -> str:
