@@ -18,6 +18,7 @@ from mmengine.dist import all_reduce, get_world_size
 from torch import Tensor, nn
 
 from ..models.layers.pm_encoder_layer import PMTransformerEncoderLayer
+from ..models.utils.prune_merge import PMConfigError
 
 
 class AttentionScorer:
@@ -103,12 +104,13 @@ def score_segmentor(model: nn.Module, data: Iterable, num_iters: int,
         dict[int, Tensor]: block index -> float64 ``(N,)`` scores, on CPU.
 
     Raises:
-        ValueError: ``num_iters < 1``, unknown mode, or the data ran out before one batch.
+        PMConfigError: ``num_iters < 1`` or unknown mode.
+        ValueError: the data is empty.
     """
     if not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f'score_iters must be an integer >= 1, got {num_iters!r}')
+        raise PMConfigError(f'score_iters must be an integer >= 1, got {num_iters!r}')
     if mode not in ('train', 'eval'):
-        raise ValueError(f'score mode must be "train" or "eval", got {mode!r}')
+        raise PMConfigError(f'score mode must be "train" or "eval", got {mode!r}')
     backbone = model.backbone
     layer_ids = list(range(len(backbone.layers))) if layers is None else list(layers)
     scorer = AttentionScorer({i: backbone.layers[i] for i in layer_ids},

@@ -123,10 +123,10 @@ def check_test(cfg, checkpoint: str) -> None:
 
 def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run a tool's ``main``; user-facing errors become one line on stderr and exit code 2."""
-    from mmseg_pm.models.utils.prune_merge import PMStructureError
+    from mmseg_pm.models.utils.prune_merge import PMConfigError, PMStructureError
     try:
         code = main()
-    except (UserError, FileNotFoundError, PMStructureError) as e:
+    except (UserError, FileNotFoundError, PMStructureError, PMConfigError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

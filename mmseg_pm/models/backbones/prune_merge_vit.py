@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..layers.pm_encoder_layer import PMTransformerEncoderLayer
 from ..layers.prune_merge import REPRESENTATIONS, PruneMerge
 from ..utils import prune_merge as pm
-from ..utils.prune_merge import PMStructure, PMStructureError
+from ..utils.prune_merge import PMConfigError, PMStructure, PMStructureError
 
 #: pm_cfg keys read by the backbone; the rest configure the compression step
 #: (``mmseg_pm.compression``) and are validated there.
@@ -94,8 +94,8 @@ class PruneMergeViT(VisionTransformer):
         **kwargs: every argument of mmseg's ``VisionTransformer``.
 
     Raises:
-        ValueError: bad ``pm_cfg`` (unknown key or mode, rates out of range, overlapping or
-            out-of-range spans).
+        PMConfigError: bad ``pm_cfg`` (unknown key or mode, rates out of range, overlapping or
+            out-of-range spans); a ``ValueError``.
     """
 
     def __init__(self, pm_cfg: Optional[dict] = None, **kwargs):
@@ -140,35 +140,35 @@ class PruneMergeViT(VisionTransformer):
             return None
         unknown = set(pm_cfg) - set(DEFAULT_PM_CFG)
         if unknown:
-            raise ValueError(f'unknown pm_cfg keys {sorted(unknown)}; known: '
+            raise PMConfigError(f'unknown pm_cfg keys {sorted(unknown)}; known: '
                              f'{sorted(DEFAULT_PM_CFG)}')
         cfg = copy.deepcopy(DEFAULT_PM_CFG)
         cfg.update(pm_cfg)
         pm.check_rates(cfg['keep_rate'], cfg['prune_rate'])
         if cfg['representation'] not in REPRESENTATIONS:
-            raise ValueError(f'pm_cfg.representation must be one of {REPRESENTATIONS}, '
+            raise PMConfigError(f'pm_cfg.representation must be one of {REPRESENTATIONS}, '
                              f'got {cfg["representation"]!r}')
         if cfg['mode'] == 'layer':
             layers = range(num_layers) if cfg['layers'] is None else cfg['layers']
             spans = [(i, i) for i in layers]
         elif cfg['mode'] == 'span':
             if not cfg['spans']:
-                raise ValueError('pm_cfg.mode="span" needs pm_cfg.spans, e.g. [(2, 11)]')
+                raise PMConfigError('pm_cfg.mode="span" needs pm_cfg.spans, e.g. [(2, 11)]')
             spans = [tuple(s) for s in cfg['spans']]
         else:
-            raise ValueError(f'pm_cfg.mode must be "layer" or "span", got {cfg["mode"]!r}')
+            raise PMConfigError(f'pm_cfg.mode must be "layer" or "span", got {cfg["mode"]!r}')
         norm = []
         for span in spans:
             if len(span) != 2 or not all(-num_layers <= int(v) < num_layers for v in span):
-                raise ValueError(f'span {span} out of range for {num_layers} layers')
+                raise PMConfigError(f'span {span} out of range for {num_layers} layers')
             a, b = (int(v) % num_layers for v in span)
             if a > b:
-                raise ValueError(f'span {span}: start after end')
+                raise PMConfigError(f'span {span}: start after end')
             norm.append((a, b))
         norm.sort()
         for (a0, b0), (a1, b1) in zip(norm, norm[1:]):
             if a1 <= b0:
-                raise ValueError(f'spans ({a0}, {b0}) and ({a1}, {b1}) overlap')
+                raise PMConfigError(f'spans ({a0}, {b0}) and ({a1}, {b1}) overlap')
         cfg['spans'] = norm
         if cfg['mode'] == 'layer':
             cfg['layers'] = [a for a, _ in norm]

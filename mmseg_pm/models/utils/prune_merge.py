@@ -43,6 +43,10 @@ class PMStructureError(ValueError):
     """Raised for an inconsistent compression structure (shapes, group indices, grid)."""
 
 
+class PMConfigError(ValueError):
+    """Raised for bad Prune-and-Merge settings (rates, modes, spans, iterations)."""
+
+
 @dataclass
 class PMStructure:
     """One Prune-and-Merge structure: the merge groups and pruned set of one layer or span.
@@ -258,14 +262,14 @@ def check_rates(keep_rate: float, prune_rate: float) -> None:
     """Validate ``keep_rate`` in (0, 1], ``prune_rate`` in [0, 1), their sum <= 1.
 
     Raises:
-        ValueError: with the offending values.
+        PMConfigError: with the offending values.
     """
     if not (isinstance(keep_rate, (int, float)) and 0 < keep_rate <= 1):
-        raise ValueError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
+        raise PMConfigError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
     if not (isinstance(prune_rate, (int, float)) and 0 <= prune_rate < 1):
-        raise ValueError(f'prune_rate must be in [0, 1), got {prune_rate!r}')
+        raise PMConfigError(f'prune_rate must be in [0, 1), got {prune_rate!r}')
     if keep_rate + prune_rate > 1 + 1e-9:
-        raise ValueError(f'keep_rate + prune_rate must be <= 1, got {keep_rate} + {prune_rate}')
+        raise PMConfigError(f'keep_rate + prune_rate must be <= 1, got {keep_rate} + {prune_rate}')
 
 
 def structure_from_scores(scores: Tensor, grid_size: Sequence[int], keep_rate: float,
