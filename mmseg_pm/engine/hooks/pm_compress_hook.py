@@ -1,8 +1,12 @@
 """``PMCompressHook``: compress at the start of training, keep the teacher across resumes."""
+import contextlib
 import copy
 import os.path as osp
+import random
 from typing import Optional
 
+import numpy as np
+import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -57,7 +61,9 @@ class PMCompressHook(Hook):
         # InfiniteSampler's shared index generator under the training loop
         data = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader),
                                        seed=runner.seed)
-        report = compress_segmentor(model, data, self.overrides, progress=is_main_process())
+        with preserved_rng_state():  # training sees the same random streams as without scoring
+            report = compress_segmentor(model, data, self.overrides,
+                                        progress=is_main_process())
         if is_main_process():
             path = save_json(report, osp.join(runner.work_dir, self.structure_file))
             print_log(f'Prune-and-Merge structure saved to {path}', logger='current')
@@ -72,6 +78,18 @@ class PMCompressHook(Hook):
         check_checkpoint_matches(model, checkpoint)
         if 'pm_teacher' in checkpoint and hasattr(model, 'init_teacher'):
             model.init_teacher(checkpoint['pm_teacher'])
+
+
+@contextlib.contextmanager
+def preserved_rng_state():
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit, so the
+    scoring pass (data augmentation, drop-path) does not shift the training run's streams and
+    a resumed run (which does not score) replays the same data as an uninterrupted one."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
 
 
 def check_checkpoint_matches(model, checkpoint: dict) -> None:
