@@ -50,6 +50,7 @@ def test_missing_baseline_checkpoint_for_compression(tmp_path, sample_root):
 def test_keep_rate_out_of_range(tmp_path, sample_root):
     proc = run_tool('tools/train.py', DEMO, '--work-dir', str(tmp_path), '--cfg-options',
                     f'train_dataloader.dataset.data_root={sample_root}',
+                    f'val_dataloader.dataset.data_root={sample_root}',
                     'model.backbone.pm_cfg.keep_rate=1.5', check=False)
     assert_one_line_error(proc, 'keep_rate must be in (0, 1], got 1.5')
 
