@@ -11,12 +11,29 @@ See ``../shared/docs/environment.md``. Each fix is small, documented and idempot
 2. **No downloads at run time.** ``http(s)://`` checkpoints raise ``FileNotFoundError`` naming
    the file to download and where to place it, instead of hanging on a network that is not
    there.
+3. **Distributed launch without a GPU.** MMEngine's ``init_dist`` calls
+   ``torch.cuda.set_device(local_rank)`` for every launcher (pytorch, slurm, mpi), which raises
+   ``RuntimeError: Found no NVIDIA driver`` on a CPU machine before the (gloo) process group is
+   created. When no GPU is visible, the launcher helpers run with ``set_device`` as a no-op;
+   with a GPU nothing changes. (The backend itself and DDP's ``device_ids`` are set by
+   :func:`mmseg_pm.utils.runtime.prepare_cfg`.)
+4. **Unreadable checkpoints** (truncated, not a torch file) raise
+   :class:`CheckpointReadError` naming the file instead of a deep ``torch.load`` traceback.
 """
+import functools
 import os
 import os.path as osp
+import pickle
+import zipfile
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from .utils.preflight import UserError
+
+
+class CheckpointReadError(UserError):
+    """A local checkpoint file exists but cannot be read (truncated, corrupt, not torch)."""
 
 
 def load_local_checkpoint(filename: str, map_location=None):
@@ -24,11 +41,45 @@ def load_local_checkpoint(filename: str, map_location=None):
 
     Raises:
         FileNotFoundError: the file does not exist (message names the absolute path).
+        CheckpointReadError: ``torch.load`` cannot read it (truncated or not a checkpoint).
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {osp.abspath(filename)}')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CheckpointReadError(_unreadable(filename, e)) from e
+
+
+def _unreadable(filename: str, e: BaseException) -> str:
+    text = str(e).strip()
+    reason = text.splitlines()[0].split('. ')[0].rstrip('.')[:200] if text else ''
+    size = osp.getsize(filename)
+    return (f'cannot read checkpoint {osp.abspath(filename)} ({size} bytes): '
+            f'{type(e).__name__}: {reason} (a truncated or corrupt file, e.g. an '
+            f'interrupted copy or save, or not a PyTorch checkpoint): copy it again or use '
+            f'another checkpoint')
+
+
+def _cpu_safe_launcher(init_fn):
+    """Wrap an MMEngine launcher helper so it skips ``torch.cuda.set_device`` without a GPU."""
+    if getattr(init_fn, '_mmseg_pm_cpu_safe', False):
+        return init_fn
+
+    @functools.wraps(init_fn)
+    def wrapper(*args, **kwargs):
+        if torch.cuda.is_available():
+            return init_fn(*args, **kwargs)
+        set_device = torch.cuda.set_device
+        torch.cuda.set_device = lambda device: None
+        try:
+            return init_fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_device = set_device
+
+    wrapper._mmseg_pm_cpu_safe = True
+    return wrapper
 
 
 def refuse_download(filename: str, map_location=None, **kwargs):
@@ -50,3 +101,6 @@ def apply() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=refuse_download,
                                      force=True)
+    from mmengine.dist import utils as dist_utils
+    for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
+        setattr(dist_utils, name, _cpu_safe_launcher(getattr(dist_utils, name)))

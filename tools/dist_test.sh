@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Distributed testing with torchrun (mmseg convention): dist_test.sh CONFIG CHECKPOINT NPROC [args...]
-# On machines without a GPU the gloo backend is used automatically (tools/test.py).
+# Environment: NNODES, NODE_RANK, PORT (default 29500), MASTER_ADDR, PYTHON (default python).
+# On machines without a GPU the gloo backend is used automatically (mmseg_pm.utils.runtime).
+if [ $# -lt 3 ]; then
+    echo "usage: $0 CONFIG CHECKPOINT NPROC [test.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
@@ -17,5 +22,5 @@ $PYTHON -m torch.distributed.run \
     --nproc_per_node=$GPUS \
     --master_port=$PORT \
     "$(dirname "$0")"/test.py \
-    $CONFIG $CHECKPOINT \
-    --launcher pytorch ${@:4}
+    "$CONFIG" "$CHECKPOINT" \
+    --launcher pytorch "${@:4}"

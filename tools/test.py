@@ -12,7 +12,8 @@ from mmengine.config import Config, DictAction
 
 from mmseg_pm.utils import UserError, run_cli
 from mmseg_pm.utils.preflight import check_config_path, check_test
-from mmseg_pm.utils.runtime import prepare_cfg
+from mmseg_pm.utils.runtime import (check_inference_fits_structure, check_loaded_structure,
+                                    is_fixed_token_count_error, prepare_cfg)
 
 
 def parse_args():
@@ -78,11 +79,18 @@ def main():
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
     runner.load_or_resume()
-    from mmseg_pm.utils.runtime import check_loaded_structure
     check_loaded_structure(runner.model, args.checkpoint)
-    metrics = runner.test()
-    scalars = {k: float(v) for k, v in metrics.items() if getattr(v, 'size', 1) == 1}
-    print('Test metrics (%): ' + ', '.join(f'{k}={v:.2f}' for k, v in scalars.items()))
+    check_inference_fits_structure(runner.model, cfg.test_dataloader.dataset.get('pipeline'))
+    try:
+        metrics = runner.test()
+    except ValueError as e:  # a compressed backbone fed an input above its crop
+        if is_fixed_token_count_error(e):
+            raise UserError(str(e)) from e
+        raise
+    from mmengine.dist import is_main_process
+    if is_main_process():
+        scalars = {k: float(v) for k, v in metrics.items() if getattr(v, 'size', 1) == 1}
+        print('Test metrics (%): ' + ', '.join(f'{k}={v:.2f}' for k, v in scalars.items()))
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 
 from mmseg_pm.utils import run_cli
 from mmseg_pm.utils.preflight import check_config_path, check_train
-from mmseg_pm.utils.runtime import prepare_cfg
+from mmseg_pm.utils.runtime import check_val_cfg_fits, prepare_cfg
 
 
 def parse_args():
@@ -58,6 +58,7 @@ def main():
     cfg.resume = args.resume
     prepare_cfg(cfg)
     check_train(cfg)
+    check_val_cfg_fits(cfg)
 
     from mmengine.runner import Runner
     from mmseg.registry import RUNNERS

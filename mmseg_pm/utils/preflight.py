@@ -65,6 +65,41 @@ def check_checkpoint(path: str, what: str, hint: str = '') -> None:
     if not osp.isfile(path):
         raise UserError(f'{what} not found: {path} (looked in {osp.abspath(path)}).'
                         f'{_describe(path)}{hint}')
+    check_checkpoint_readable(path, what)
+
+
+#: first bytes of a legacy (non-zip) ``torch.save`` file: a pickle protocol 2+ header
+_PICKLE_MAGIC = (b'\x80\x02', b'\x80\x03', b'\x80\x04', b'\x80\x05')
+
+
+def check_checkpoint_readable(path: str, what: str = 'checkpoint') -> None:
+    """Cheap integrity check of a local checkpoint, without loading it.
+
+    ``torch.save`` writes a zip archive whose directory sits at the end of the file, so a
+    truncated copy (an interrupted download, copy or save) has none. Legacy (pre-1.6, pickle)
+    files cannot be checked this way; :func:`mmseg_pm.compat.load_local_checkpoint` still turns
+    their read errors into one line.
+
+    Raises:
+        UserError: the file is empty, a truncated zip archive, or neither zip nor pickle.
+    """
+    import zipfile
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(b'PK'):
+        if zipfile.is_zipfile(path):
+            return
+        reason = 'a zip archive without its directory: the file is truncated'
+    elif head[:2] in _PICKLE_MAGIC:
+        return
+    elif size == 0:
+        reason = 'the file is empty'
+    else:
+        reason = 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
+    raise UserError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. Copy '
+                    f'it again (an interrupted download, copy or save?) or use another '
+                    f'checkpoint')
 
 
 def pretrained_paths(cfg):
@@ -83,7 +118,8 @@ def pretrained_paths(cfg):
 
 
 def check_dataset(dataset_cfg: dict, split: str) -> None:
-    """Raise UserError if the dataset's data root or image folder is missing or empty."""
+    """Raise UserError if the dataset's data root or image folder is missing or empty, or if
+    one of its first annotations is unusable (:func:`check_annotations`)."""
     if dataset_cfg is None:
         return
     if 'dataset' in dataset_cfg and 'data_root' not in dataset_cfg:  # wrappers
@@ -100,6 +136,101 @@ def check_dataset(dataset_cfg: dict, split: str) -> None:
     if not any(f.lower().endswith(IMG_EXTS) for f in os.listdir(img_dir)):
         raise UserError(f'{split} image folder is empty: {img_dir} (no {"/".join(IMG_EXTS)} '
                         f'files).{hint}')
+    check_annotations(dataset_cfg, split)
+
+
+#: annotation files opened per split by :func:`check_annotations` (first ones, sorted by name)
+NUM_CHECKED_ANNOTATIONS = 3
+
+
+def _dataset_defaults(dataset_cfg: dict) -> dict:
+    """``img_suffix``, ``seg_map_suffix``, ``reduce_zero_label`` and the number of classes of
+    the dataset, from the config, else the dataset class's defaults (None where unknown)."""
+    import inspect
+    out = dict(img_suffix='.jpg', seg_map_suffix='.png', reduce_zero_label=False,
+               num_classes=None)
+    try:
+        from mmseg.registry import DATASETS
+        cls = DATASETS.get(dataset_cfg.get('type', ''))
+    except Exception:  # pragma: no cover  (registry not importable)
+        cls = None
+    if cls is not None:
+        params = inspect.signature(cls.__init__).parameters
+        for key in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label'):
+            if key in params and params[key].default is not inspect.Parameter.empty:
+                out[key] = params[key].default
+        classes = getattr(cls, 'METAINFO', {}).get('classes')
+        out['num_classes'] = len(classes) if classes else None
+    for key in ('img_suffix', 'seg_map_suffix', 'reduce_zero_label'):
+        if dataset_cfg.get(key) is not None:
+            out[key] = dataset_cfg[key]
+    classes = (dataset_cfg.get('metainfo') or {}).get('classes')
+    if classes:
+        out['num_classes'] = len(classes)
+    for t in dataset_cfg.get('pipeline') or []:  # mmseg 1.x still reads it from the pipeline
+        if isinstance(t, dict) and t.get('type') == 'LoadAnnotations' and \
+                t.get('reduce_zero_label') is not None:
+            out['reduce_zero_label'] = t['reduce_zero_label']
+    return out
+
+
+def check_annotations(dataset_cfg: dict, split: str,
+                      num: int = NUM_CHECKED_ANNOTATIONS) -> None:
+    """Open the annotations of the first ``num`` images (sorted by name) and check them.
+
+    A cheap guard against a wrongly converted dataset (RGB-coloured or 16-bit masks, labels
+    beyond the classes, masks of another size), which would otherwise fail deep inside the
+    loss or train on garbage. Each annotation must be a 2-D ``uint8`` image (a grey-scale or
+    palette PNG) of the image's size, with labels ``<= num_classes`` (``reduce_zero_label``,
+    as ADE20K: 0 = unlabeled, 1..150) or ``< num_classes`` (otherwise); 255 (ignore) is always
+    allowed. Skipped when the config has no ``seg_map_path`` or uses an ``ann_file`` list.
+
+    Raises:
+        UserError: a missing or unusable annotation file, named with the reason.
+    """
+    prefix = dataset_cfg.get('data_prefix') or {}
+    if not prefix.get('seg_map_path') or dataset_cfg.get('ann_file'):
+        return
+    import numpy as np
+    from PIL import Image
+    root = dataset_cfg.get('data_root', '')
+    img_dir = osp.join(root, prefix.get('img_path', ''))
+    ann_dir = osp.join(root, prefix['seg_map_path'])
+    info = _dataset_defaults(dataset_cfg)
+    img_suffix, seg_suffix = info['img_suffix'], info['seg_map_suffix']
+    names = sorted(f for f in os.listdir(img_dir) if f.endswith(img_suffix))[:num]
+    for name in names:
+        ann = osp.join(ann_dir, name[:-len(img_suffix)] + seg_suffix)
+        if not osp.isfile(ann):
+            raise UserError(f'{split} annotation not found for image {osp.join(img_dir, name)}: '
+                            f'expected {ann} (data_prefix.seg_map_path = '
+                            f'{prefix["seg_map_path"]!r}, seg_map_suffix = {seg_suffix!r})')
+        try:
+            with Image.open(ann) as im:
+                label = np.asarray(im)
+            with Image.open(osp.join(img_dir, name)) as im:
+                img_w, img_h = im.size
+        except OSError as e:
+            raise UserError(f'cannot read {split} annotation {ann} or its image: {e}')
+        if label.ndim != 2 or label.dtype != np.uint8:
+            raise UserError(
+                f'{split} annotation {ann} is a {label.dtype} array of shape '
+                f'{tuple(label.shape)}; expected a 2-D uint8 label map (a grey-scale or palette '
+                f'PNG of class indices, not a colour-coded or 16-bit image)')
+        if label.shape != (img_h, img_w):
+            raise UserError(f'{split} annotation {ann} is {label.shape[1]}x{label.shape[0]} '
+                            f'(WxH) but its image is {img_w}x{img_h}; they must be equal')
+        if info['num_classes']:
+            top = info['num_classes'] if info['reduce_zero_label'] else info['num_classes'] - 1
+            values = np.unique(label)
+            bad = values[(values > top) & (values != 255)]
+            if bad.size:
+                raise UserError(
+                    f'{split} annotation {ann} has labels {bad[:5].tolist()} above {top}: '
+                    f'{info["num_classes"]} classes'
+                    + (' with reduce_zero_label (0 = unlabeled, 1..N = classes)'
+                       if info['reduce_zero_label'] else ' (0..N-1)')
+                    + ', 255 = ignore. Convert the annotations to class indices')
 
 
 def check_train(cfg) -> None:
@@ -123,10 +254,12 @@ def check_test(cfg, checkpoint: str) -> None:
 
 def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run a tool's ``main``; user-facing errors become one line on stderr and exit code 2."""
+    from mmseg_pm.models.utils.checkpoint import CheckpointFormatError
     from mmseg_pm.models.utils.prune_merge import PMConfigError, PMStructureError
     try:
         code = main()
-    except (UserError, FileNotFoundError, PMStructureError, PMConfigError) as e:
+    except (UserError, FileNotFoundError, PMStructureError, PMConfigError,
+            CheckpointFormatError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

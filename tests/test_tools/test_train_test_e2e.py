@@ -68,3 +68,31 @@ def test_pm_compress_finetune_test_resume(sample_root, tmp_path):
     for key in saved:
         if key.endswith(('assign', 'centers', 'grid_size', 'span')):
             assert torch.equal(saved[key], resumed[key]), key
+
+
+def test_pm_compress_tool_writes_strictly_loadable_checkpoint(sample_root, tmp_path):
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    cfg_path = 'configs/demo/pm_segmenter_vit-t_ade20k-sample-256.py'
+    cfg = Config.fromfile(cfg_path)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    src = tmp_path / 'uncompressed.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, src)
+    out = tmp_path / 'compressed.pth'
+    proc = run_tool('tools/pm_compress.py', cfg_path, str(src), '--out', str(out),
+                    '--score-iters', '1', '--keep-rate', '0.5', '--no-eval', '--cfg-options',
+                    *data_options(sample_root, batch_size=2))
+    assert '| block(s) | N | K |' in proc.stdout and 'with M/R counted' in proc.stdout
+    record = json.load(open(tmp_path / 'compressed.json'))
+    assert sum(r['K'] for r in record['rows']) == 128 * 12
+    ckpt = torch.load(out, map_location='cpu', weights_only=False)
+    assert ckpt['meta']['pm_structure']['units'][0]['num_groups'] == record['rows'][0]['K']
+    fresh = MODELS.build(cfg.model)
+    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    assert fresh.backbone.is_compressed
+    # compressing a compressed checkpoint is refused with one line
+    proc = run_tool('tools/pm_compress.py', cfg_path, str(out), '--out',
+                    str(tmp_path / 'again.pth'), '--cfg-options',
+                    *data_options(sample_root), check=False)
+    assert proc.returncode == 2 and 'already compressed' in proc.stderr

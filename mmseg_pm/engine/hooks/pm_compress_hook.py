@@ -1,6 +1,7 @@
 """``PMCompressHook``: compress at the start of training, keep the teacher across resumes."""
 import contextlib
 import copy
+import gc
 import os.path as osp
 import random
 from typing import Optional
@@ -28,7 +29,11 @@ class PMCompressHook(Hook):
       the table and write ``<work_dir>/pm_structure.json``. If the model already holds a
       structure (``--resume``, or ``load_from`` a compressed checkpoint) nothing is scored again.
     * ``before_save_checkpoint`` / ``after_load_checkpoint``: carry the teacher's weights as
-      ``checkpoint['pm_teacher']`` so that ``--resume`` continues the same distillation.
+      ``checkpoint['pm_teacher']`` so that ``--resume`` continues the same distillation, and
+      torch's RNG state as ``checkpoint['pm_torch_rng']``, restored before the first resumed
+      iteration (drop-path masks then match an uninterrupted run; MMEngine does not save it).
+    * With ``representation='dense'`` under DDP, the model is re-wrapped after M / R changed
+      shape (DDP keeps the parameter shapes it was built with).
 
     Args:
         overrides (dict, optional): compression settings replacing the backbone's ``pm_cfg``
@@ -41,6 +46,7 @@ class PMCompressHook(Hook):
                  structure_file: str = 'pm_structure.json'):
         self.overrides = overrides or {}
         self.structure_file = structure_file
+        self._pending_rng = None
 
     @staticmethod
     def _model(runner):
@@ -56,7 +62,20 @@ class PMCompressHook(Hook):
             if hasattr(model, 'init_teacher') and model.teacher is None:
                 print_log('Prune-and-Merge: no teacher weights in the checkpoint: distillation '
                           'is off for this run', logger='current', level=30)
-            return
+        else:
+            self._compress(runner, model)
+        _rewrap_ddp_if_dense(runner, backbone)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        # torch's RNG (drop-path, dropout) as it was when the resumed checkpoint was saved;
+        # MMEngine replays the data streams itself but does not save this state
+        if self._pending_rng is not None:
+            torch.set_rng_state(self._pending_rng['cpu'])
+            if torch.cuda.is_available() and self._pending_rng.get('cuda'):
+                torch.cuda.set_rng_state_all(self._pending_rng['cuda'])
+            self._pending_rng = None
+
+    def _compress(self, runner, model) -> None:
         # a loader of its own: iterating runner.train_dataloader a second time would close the
         # InfiniteSampler's shared index generator under the training loop
         data = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader),
@@ -72,12 +91,28 @@ class PMCompressHook(Hook):
         teacher = getattr(self._model(runner), 'teacher', None)
         if teacher is not None:
             checkpoint['pm_teacher'] = {k: v.cpu() for k, v in teacher.state_dict().items()}
+        checkpoint['pm_torch_rng'] = dict(
+            cpu=torch.get_rng_state(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = self._model(runner)
         check_checkpoint_matches(model, checkpoint)
+        if runner._resume and 'pm_torch_rng' in checkpoint:
+            self._pending_rng = checkpoint['pm_torch_rng']
         if 'pm_teacher' in checkpoint and hasattr(model, 'init_teacher'):
             model.init_teacher(checkpoint['pm_teacher'])
+
+
+def _rewrap_ddp_if_dense(runner, backbone) -> None:
+    """Re-wrap a DDP model after dense M / R changed shape (DDP keeps the shapes it saw)."""
+    if backbone.pm_cfg['representation'] != 'dense' or not isinstance(
+            runner.model, torch.nn.parallel.DistributedDataParallel):
+        return
+    module = runner.model.module
+    runner.model = None
+    gc.collect()  # the old reducer must be gone before a new one is built
+    runner.model = runner.wrap_model(runner.cfg.get('model_wrapper_cfg'), module)
 
 
 @contextlib.contextmanager

@@ -367,12 +367,24 @@ def to_token_mask(s: PMStructure, num_prefix: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # applying structures
 # --------------------------------------------------------------------------------------------
+def _flat_rows(index: Tensor, batch: int, length: int) -> Tensor:
+    """Row indices ``(L,)`` into a ``length``-token sequence -> ``(batch * L,)`` indices into the
+    ``(batch * length, C)`` view of a contiguous ``(batch, length, C)`` tensor."""
+    offsets = torch.arange(batch, device=index.device) * length
+    return (offsets[:, None] + index[None, :]).reshape(-1)
+
+
 def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
                  num_prefix: int) -> Tensor:
     """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
 
     Prefix tokens are copied; patch ``j`` is added into group ``assign[j]`` with weight
     ``merge_weight[j]``; pruned patches (``assign = -1``) contribute nothing.
+
+    Cost: one weighted copy of the patches and one scatter-add of ``B * N`` rows of ``C``
+    values (``index_add_`` on the contiguous ``(B * (P + K), C)`` view, the fast CPU path:
+    whole rows, indices in increasing memory order per image). While exporting to ONNX the
+    scatter-add is ``scatter_add`` (ONNX ScatterElements with ``reduction='add'``, opset 16+).
 
     Args:
         x (Tensor): ``(B, P + N, C)``.
@@ -382,16 +394,24 @@ def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: in
         num_prefix (int): P.
 
     Returns:
-        Tensor: ``(B, P + K, C)``.
+        Tensor: ``(B, P + K, C)`` (contiguous).
     """
-    b, _, c = x.shape
-    p = num_prefix
+    b, length, c = x.shape
+    p, k = num_prefix, num_groups
+    n = length - p
     patches = x[:, p:] * merge_weight.to(x.dtype)[None, :, None]
-    z = x.new_zeros(num_groups, b, c)
-    # scatter-add along the leading dim is the fast path on CPU (contiguous (B, C) slabs)
-    z.index_add_(0, assign.clamp(min=0), patches.transpose(0, 1))
-    z = z.transpose(0, 1)
-    return torch.cat([x[:, :p], z], dim=1) if p else z
+    if torch.onnx.is_in_onnx_export():
+        # ONNX: ScatterElements(reduction='add') (opset >= 16); index_add_ with repeated
+        # indices has no correct ONNX equivalent
+        index = assign.clamp(min=0)[None, :, None].expand(b, n, c)
+        z = x.new_zeros(b, k, c).scatter_add(1, index, patches)
+        return torch.cat([x[:, :p], z], dim=1) if p else z
+    z = x.new_zeros(b, p + k, c)
+    if p:
+        z[:, :p] = x[:, :p]
+    rows = _flat_rows(assign.clamp(min=0) + p, b, p + k)
+    z.view(b * (p + k), c).index_add_(0, rows, patches.reshape(b * n, c))
+    return z
 
 
 def reconstruct_tokens(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
@@ -401,24 +421,55 @@ def reconstruct_tokens(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weig
     Prefix tokens come from ``z``; patch ``j`` gets ``restore_weight[j] * z[P + assign[j]]``;
     pruned patches get their block input ``shortcut`` unchanged (§1.3).
 
+    Cost: one gather of ``B * (P + N)`` rows of ``C`` values and one in-place scaling; pruned
+    rows are then copied from ``shortcut``. When autograd records (grad enabled and an input
+    requires grad) or while exporting to ONNX the scaling and the shortcut are applied out of
+    place instead (``y * w + shortcut * (1 - t)``).
+
     Args:
         z (Tensor): ``(B, P + K, C)`` block output in the compressed space.
         shortcut (Tensor): ``(B, P + N, C)`` input of the merge (the pruned tokens' source).
         assign (Tensor): LongTensor ``(N,)``.
         restore_weight (Tensor): ``(N,)``, zero where pruned (or masked by the caller).
         num_prefix (int): P.
-        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
+        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None (then
+            a host sync checks whether anything is pruned).
 
     Returns:
-        Tensor: ``(B, P + N, C)``.
+        Tensor: ``(B, P + N, C)`` (contiguous).
     """
-    p = num_prefix
-    y = z[:, p:].index_select(1, assign.clamp(min=0)) * restore_weight.to(z.dtype)[None, :, None]
+    b, pk, c = z.shape
+    p, n = num_prefix, assign.numel()
+    rows = assign.clamp(min=0) + p
+    weight = restore_weight.to(z.dtype)
+    if p:
+        rows = torch.cat([torch.arange(p, device=rows.device), rows])
+        weight = torch.cat([weight.new_ones(p), weight])
+    y = z.reshape(b * pk, c).index_select(0, _flat_rows(rows, b, pk)).view(b, p + n, c)
     if prune_mask is None:
         prune_mask = assign < 0
-    if bool(prune_mask.any()):
-        y = y + shortcut[:, p:] * prune_mask.to(z.dtype)[None, :, None]
-    return torch.cat([z[:, :p], y], dim=1) if p else y
+        if not bool(prune_mask.any()):
+            prune_mask = None
+    record = torch.is_grad_enabled() and (z.requires_grad or shortcut.requires_grad
+                                          or restore_weight.requires_grad)
+    if record or torch.onnx.is_in_onnx_export():  # out of place (autograd, ONNX graphs)
+        y = y * weight[None, :, None]
+        if prune_mask is not None:
+            mask = torch.cat([prune_mask.new_zeros(p), prune_mask]).to(z.dtype)
+            y = y + shortcut * mask[None, :, None]
+        return y
+    y.mul_(weight[None, :, None])
+    if prune_mask is not None:
+        # same result dtype as ``y + shortcut * mask`` (mixed precision)
+        y = y.to(torch.promote_types(y.dtype, shortcut.dtype))
+        if y.is_cuda:  # no host sync
+            y = torch.where(torch.cat([prune_mask.new_zeros(p), prune_mask])[None, :, None],
+                            shortcut.to(y.dtype), y)
+        else:  # CPU: copy the pruned rows only
+            pos = _flat_rows(torch.nonzero(prune_mask).flatten() + p, b, p + n)
+            y.view(b * (p + n), c).index_copy_(
+                0, pos, shortcut.reshape(b * (p + n), c).index_select(0, pos).to(y.dtype))
+    return y
 
 
 def merge_tokens_dense(x: Tensor, merge_matrix: Tensor) -> Tensor:
