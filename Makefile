@@ -43,5 +43,12 @@ test-fast: install
 demo: install
 	bash tools/demo.sh
 
+# README results table: GFLOPs (both M/R conventions) and CPU fp32 latency / throughput at
+# 512x512, batch 1 and 8, each compressed config beside its baseline, on the sample's images.
+results: install
+	$(PY) tools/prepare_ade20k_sample.py --out data/ade20k_sample
+	$(PY) tools/analysis_tools/results_table.py --data-root data/ade20k_sample/ADEChallengeData2016 \
+	    --batch-sizes 1 8 --out work_dirs/results.json
+
 clean-demo:
 	rm -rf work_dirs/demo data/ade20k_sample

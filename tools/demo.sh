@@ -11,15 +11,15 @@ PY=${PYTHON:-.venv/bin/python}
 WORK=work_dirs/demo
 BASE_CFG=configs/demo/segmenter_vit-s_ade20k-sample.py
 PM_CFG=configs/demo/pm_segmenter_vit-s_ade20k-sample.py
-rm -rf $WORK
+rm -rf $WORK && mkdir -p $WORK
 $PY tools/prepare_ade20k_sample.py --out data/ade20k_sample
 echo "demo: [1/4] baseline Segmenter ViT-S, 20 iterations from random initialisation" \
      "(no ImageNet weights needed)"
-$PY tools/train.py $BASE_CFG --work-dir $WORK/baseline > $WORK.baseline.log 2>&1 \
-    || { tail -30 $WORK.baseline.log; exit 1; }
+$PY tools/train.py $BASE_CFG --work-dir $WORK/baseline > $WORK/train_baseline.log 2>&1 \
+    || { tail -30 $WORK/train_baseline.log; exit 1; }
 echo "demo: [2/4] compress (4 scoring iterations) + finetune with self-distillation (10 its)"
-$PY tools/train.py $PM_CFG --work-dir $WORK/pm > $WORK.pm.log 2>&1 \
-    || { tail -30 $WORK.pm.log; exit 1; }
+$PY tools/train.py $PM_CFG --work-dir $WORK/pm > $WORK/train_pm.log 2>&1 \
+    || { tail -30 $WORK/train_pm.log; exit 1; }
 echo "demo: [3/4] GFLOPs"
 $PY tools/analysis_tools/get_flops.py $BASE_CFG $WORK/baseline/iter_20.pth \
     > $WORK/flops_baseline.txt 2>&1
