@@ -1,6 +1,6 @@
 """Known fixes for this stack (torch 2.13, mmengine 0.10.7, mmseg 1.2.2), applied on import.
 
-See ``../shared/docs/environment.md``. Each fix is small, documented and idempotent:
+Each fix is small, documented and idempotent:
 
 1. **Local checkpoints load with** ``weights_only=False``. torch >= 2.6 defaults
    ``torch.load(weights_only=True)``, which cannot unpickle MMEngine 0.10 checkpoints
@@ -15,13 +15,12 @@ See ``../shared/docs/environment.md``. Each fix is small, documented and idempot
    ``torch.cuda.set_device(local_rank)`` for every launcher (pytorch, slurm, mpi), which raises
    ``RuntimeError: Found no NVIDIA driver`` on a CPU machine before the (gloo) process group is
    created. When no GPU is visible, the launcher helpers run with ``set_device`` as a no-op;
-   with a GPU nothing changes. (The backend itself and DDP's ``device_ids`` are set by
-   :func:`mmseg_pm.utils.runtime.prepare_cfg`.)
+   with a GPU nothing changes. The backend itself and DDP's ``device_ids`` are set per run by
+   :func:`prepare_cfg`.
 4. **Unreadable checkpoints** (truncated, not a torch file) raise
    :class:`CheckpointReadError` naming the file instead of a deep ``torch.load`` traceback.
 """
 import functools
-import os
 import os.path as osp
 import pickle
 import zipfile
@@ -29,11 +28,7 @@ import zipfile
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .utils.preflight import UserError
-
-
-class CheckpointReadError(UserError):
-    """A local checkpoint file exists but cannot be read (truncated, corrupt, not torch)."""
+from .errors import CheckpointReadError
 
 
 def load_local_checkpoint(filename: str, map_location=None):
@@ -104,3 +99,37 @@ def apply() -> None:
     from mmengine.dist import utils as dist_utils
     for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
         setattr(dist_utils, name, _cpu_safe_launcher(getattr(dist_utils, name)))
+
+
+#: MMEngine model wrappers that subclass DistributedDataParallel (take ``device_ids``)
+DDP_WRAPPERS = ('MMDistributedDataParallel', 'DistributedDataParallel')
+
+
+def prepare_cfg(cfg) -> None:
+    """Adjust a loaded config to this machine, in place.
+
+    Without a visible GPU (``nccl`` and DDP's ``device_ids`` need CUDA):
+
+    * distributed backend ``gloo`` (``env_cfg.dist_cfg.backend``, created if absent);
+    * for a distributed launcher, ``model_wrapper_cfg.device_ids=None`` (MMEngine passes
+      ``device_ids=[LOCAL_RANK]``, which DDP refuses for a CPU module); a config without a
+      ``model_wrapper_cfg`` gets MMEngine's default wrapper with that change.
+
+    The launcher helpers' ``torch.cuda.set_device`` is skipped by :mod:`mmseg_pm.compat`.
+    """
+    if torch.cuda.is_available():
+        return
+    if cfg.get('env_cfg') is None:
+        cfg.env_cfg = dict()
+    if cfg.env_cfg.get('dist_cfg') is None:
+        cfg.env_cfg.dist_cfg = dict()
+    cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False), device_ids=None)
+    elif wrapper.get('type', 'MMDistributedDataParallel') in DDP_WRAPPERS:
+        wrapper['device_ids'] = None

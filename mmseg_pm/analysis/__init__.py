@@ -1,20 +1,15 @@
-"""Efficiency analysis: FLOPs / parameters (with the Prune-and-Merge M/R cost) and benchmarks.
-
-* :mod:`.common`: build a segmentor from a config and a checkpoint (strict), install a quick
-  random-score uniform structure for estimates;
-* :mod:`.flops`: :func:`count_flops` (mmengine.analysis, one multiply-add = one FLOP);
-* :mod:`.benchmark`: :func:`run_benchmark`, baseline vs compressed latency / throughput on real
-  images, interleaved.
-
-Used by ``tools/analysis_tools/{get_flops,benchmark,results_table}.py``,
-``tools/deployment/pytorch2onnx.py`` and ``tools/visualize_tokens.py``.
-"""
-from .common import (default_input_shape, get_backbone, install_uniform_structure,
-                     is_compressed, load_config, load_segmentor, structure_label)
-from .flops import CONVENTION, count_flops, format_flops_report, gflops, pm_unit_costs
+"""One analysis harness for every token-reduction method: build (config + checkpoint, variants,
+images), FLOPs (mmengine.analysis + the reducer's own cost), latency benchmark, peak memory and
+reports. Used by ``tools/analysis_tools/*``, ``tools/deployment/pytorch2onnx.py``."""
+from .benchmark import BenchmarkSpec, run_benchmark
+from .build import (build_segmentor, default_input_shape, load_config, load_images,
+                    load_segmentor, preprocess, variant_cfg)
+from .flops import CONVENTION, count_flops, count_flops_over_images, gflops
+from .report import benchmark_table, format_flops_report, protocol_text
 
 __all__ = [
-    'load_config', 'load_segmentor', 'get_backbone', 'is_compressed',
-    'install_uniform_structure', 'structure_label', 'default_input_shape', 'count_flops',
-    'pm_unit_costs', 'format_flops_report', 'gflops', 'CONVENTION'
+    'BenchmarkSpec', 'run_benchmark', 'build_segmentor', 'default_input_shape', 'load_config',
+    'load_images', 'load_segmentor', 'preprocess', 'variant_cfg', 'CONVENTION', 'count_flops',
+    'count_flops_over_images', 'gflops', 'benchmark_table', 'format_flops_report',
+    'protocol_text'
 ]

@@ -1,9 +1,12 @@
-"""The compression step: gradient-weighted scoring, global structure search, installation."""
-from .compress import COMPRESS_KEYS, compress_segmentor, get_pm_backbone
+"""The Prune-and-Merge compression step: gradient-weighted scoring, global structure search,
+installation (Mao et al., IEEE TMM 2025, arXiv 2503.23455)."""
+from .compress import compress_segmentor, pm_backbone, random_structures
 from .scoring import AttentionScorer, score_segmentor
-from .search import format_table, normalize_scores, search_structures
+from .search import normalize_scores, search_structures, structure_table
+from .settings import CompressSettings
 
 __all__ = [
-    'AttentionScorer', 'score_segmentor', 'normalize_scores', 'search_structures',
-    'format_table', 'compress_segmentor', 'get_pm_backbone', 'COMPRESS_KEYS'
+    'CompressSettings', 'AttentionScorer', 'score_segmentor', 'normalize_scores',
+    'search_structures', 'structure_table', 'compress_segmentor', 'pm_backbone',
+    'random_structures'
 ]

@@ -1,43 +1,41 @@
-"""Scoring pass + structure search + installation, on a built segmentor (method.md §2-3)."""
-from typing import Iterable, Optional
+"""Scoring pass + structure search + installation, on a built segmentor; random structures for
+estimates (Mao et al., IEEE TMM 2025, arXiv 2503.23455: the compression step)."""
+from typing import Iterable
 
+import torch
 from mmengine.logging import print_log
 
-from ..models.backbones.prune_merge_vit import PruneMergeViT
+from ..errors import ConfigError
+from ..functional import prune_merge as pm
+from ..models.backbones import PruneMergeViT, reduction_backbone
 from .scoring import score_segmentor
-from .search import format_table, search_structures
-
-#: pm_cfg keys of the compression step that callers may override
-COMPRESS_KEYS = ('keep_rate', 'prune_rate', 'allocation', 'depth_discount', 'official_row_clip',
-                 'score_iters', 'score_mode')
+from .search import search_structures, structure_table
+from .settings import CompressSettings
 
 
-def get_pm_backbone(model) -> PruneMergeViT:
-    """The ``PruneMergeViT`` backbone of a (possibly wrapped) segmentor.
+def pm_backbone(model) -> PruneMergeViT:
+    """The ``PruneMergeViT`` backbone (with units) of a (possibly wrapped) segmentor.
 
     Raises:
-        TypeError: the backbone is not a PruneMergeViT with Prune-and-Merge units.
+        ConfigError: the backbone is not a PruneMergeViT with a ``pm_cfg``.
     """
-    model = getattr(model, 'module', model)
-    backbone = getattr(model, 'backbone', None)
-    if not isinstance(backbone, PruneMergeViT) or not len(backbone.pm):
-        raise TypeError('compression needs model.backbone = PruneMergeViT with a pm_cfg '
-                        f'(got {type(backbone).__name__})')
+    backbone = reduction_backbone(model)
+    if not isinstance(backbone, PruneMergeViT) or backbone.pm is None:
+        raise ConfigError('Prune-and-Merge compression needs model.backbone = PruneMergeViT '
+                          f'with a pm_cfg (got {type(getattr(model, "backbone", None)).__name__})')
     return backbone
 
 
-def compress_segmentor(model, data: Iterable, overrides: Optional[dict] = None,
+def compress_segmentor(model, data: Iterable, settings: CompressSettings,
                        progress: bool = True) -> dict:
     """Score, search and install the structure of every unit of ``model.backbone``.
 
-    Settings come from ``backbone.pm_cfg``; ``overrides`` may replace any of
-    ``COMPRESS_KEYS``. If the model is a ``PMDistillEncoderDecoder`` its teacher is frozen from
-    the uncompressed weights first.
+    A ``PMDistillEncoderDecoder`` gets its teacher frozen from the uncompressed weights first.
 
     Args:
         model: the segmentor (unwrapped or wrapped), its backbone not yet compressed.
         data (Iterable): training batches for the scoring pass.
-        overrides (dict, optional): compression settings to use instead of ``pm_cfg``'s.
+        settings (CompressSettings): keep / prune rates, allocation, scoring iterations, ...
         progress (bool): progress bar. Default: True.
 
     Returns:
@@ -46,37 +44,70 @@ def compress_segmentor(model, data: Iterable, overrides: Optional[dict] = None,
         (block -> list of raw scores).
 
     Raises:
-        TypeError: no PruneMergeViT backbone.
-        ValueError: already compressed, or bad settings (rates, score_iters, ...).
+        ConfigError: no PruneMergeViT backbone, or it is already compressed.
     """
     model = getattr(model, 'module', model)
-    backbone = get_pm_backbone(model)
+    backbone = pm_backbone(model)
     if backbone.is_compressed:
-        raise ValueError('the backbone already holds a compression structure')
-    settings = {k: backbone.pm_cfg[k] for k in COMPRESS_KEYS}
-    unknown = set(overrides or {}) - set(COMPRESS_KEYS)
-    if unknown:
-        raise ValueError(f'unknown compression settings {sorted(unknown)}')
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    from ..models.utils.prune_merge import check_rates
-    check_rates(settings['keep_rate'], settings['prune_rate'])
-    spans = [(u.start, u.end) for u in backbone.pm_units]
+        raise ConfigError('the backbone already holds a compression structure')
+    spans = backbone.pm.spans
     blocks = sorted({i for a, b in spans for i in range(a, b + 1)})
-    if hasattr(model, 'init_teacher'):
+    if hasattr(model, 'init_teacher') and model.teacher is None:
         model.init_teacher()
-    print_log(f'Prune-and-Merge: scoring {len(blocks)} blocks over {settings["score_iters"]} '
-              f'iterations ({settings["score_mode"]} mode)', logger='current')
-    scores = score_segmentor(model, data, settings['score_iters'], blocks,
-                             settings['score_mode'], progress=progress)
+    s = settings
+    print_log(f'Prune-and-Merge: scoring {len(blocks)} blocks over {s.score_iters} iterations '
+              f'({s.score_mode} mode)', logger='current')
+    scores = score_segmentor(model, data, s.score_iters, blocks, s.score_mode,
+                             progress=progress)
     structures, rows = search_structures(
-        scores, spans, tuple(backbone.structure_grid), settings['keep_rate'],
-        settings['prune_rate'], settings['allocation'], settings['depth_discount'],
-        settings['official_row_clip'])
+        scores, spans, backbone.grid_size, keep_rate=s.keep_rate, prune_rate=s.prune_rate,
+        allocation=s.allocation, depth_discount=s.depth_discount,
+        official_row_clip=s.official_row_clip)
     backbone.install_structures(structures)
-    table = format_table(rows)
-    print_log('Prune-and-Merge structure (keep_rate={keep_rate}, prune_rate={prune_rate}, '
-              'allocation={allocation}, depth_discount={depth_discount}):\n'.format(**settings)
-              + table, logger='current')
-    return dict(settings=settings, rows=rows, table=table,
+    table = structure_table(rows)
+    print_log(f'Prune-and-Merge structure (keep_rate={s.keep_rate}, prune_rate={s.prune_rate}, '
+              f'allocation={s.allocation}, depth_discount={s.depth_discount}):\n{table}',
+              logger='current')
+    return dict(settings=s.to_dict(), rows=rows, table=table,
                 structure=backbone.structure_summary(),
                 scores={str(k): v.tolist() for k, v in scores.items()})
+
+
+def random_structures(model, settings: CompressSettings, seed: int = 0) -> str:
+    """Install a uniform structure from random scores in every unit (a quick estimate).
+
+    Every unit gets ``K = max(1, int(N * keep_rate))`` centers and ``int(N * prune_rate)``
+    pruned patches chosen by i.i.d. uniform random scores
+    (:func:`mmseg_pm.functional.prune_merge.structure_from_scores`), so token counts, FLOPs and
+    speed are those of a compressed model with the same keep rate in every layer; the structure
+    is **not** a searched one and the weights are not finetuned.
+
+    Args:
+        model: segmentor whose backbone is an uncompressed ``PruneMergeViT``.
+        settings (CompressSettings): ``keep_rate``, ``prune_rate``, ``official_row_clip``.
+        seed (int): seed of the random scores (unit ``a`` uses ``seed + a``). Default: 0.
+
+    Returns:
+        str: the label reports must carry, e.g.
+        ``'random uniform (keep_rate=0.6, prune_rate=0.1; estimate)'``.
+
+    Raises:
+        ConfigError: no ``PruneMergeViT`` with units, or already compressed.
+    """
+    backbone = pm_backbone(model)
+    if backbone.is_compressed:
+        raise ConfigError('the model already carries a Prune-and-Merge structure')
+    grid = backbone.grid_size
+    structures = {}
+    for a, _ in backbone.pm.spans:
+        g = torch.Generator().manual_seed(int(seed) + a)
+        scores = torch.rand(grid[0] * grid[1], generator=g)
+        structures[a] = pm.structure_from_scores(scores, grid, settings.keep_rate,
+                                                 settings.prune_rate,
+                                                 settings.official_row_clip)
+    backbone.install_structures(structures)
+    return (f'random uniform (keep_rate={settings.keep_rate:g}, '
+            f'prune_rate={settings.prune_rate:g}; estimate)')
+
+
+__all__ = ['pm_backbone', 'compress_segmentor', 'random_structures']

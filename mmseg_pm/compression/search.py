@@ -1,20 +1,22 @@
-"""Global cross-layer compression-structure search (method.md §3).
+"""Global cross-layer compression-structure search (Mao et al., IEEE TMM 2025, arXiv 2503.23455;
+official ``pm-vit/tm_prune_merge_to_center.py`` ``tm_prune``, ``mode='attn'``).
 
 1. Per-layer L2 normalisation ``s_hat = s / (||s||_2 + 1e-8)`` over the N patch tokens.
 2. Depth discount ``s_hat *= (1 - depth_discount * l)``, ``l`` the absolute 0-based block index
-   (official classification 0.025; official segmentation 0, i.e. none).
+   (official classification 0.025; official segmentation (PM-Segmenter) 0, i.e. none).
 3. Span units (mode 'span') score a token by the mean of ``s_hat`` over blocks ``a..b``; the
    discount uses the span's first block.
 4. ``allocation='global'``: pool the scores of all U units and rank them once; the
    ``int(N * keep_rate) * U`` highest become centers, the ``int(N * prune_rate) * U`` lowest are
-   pruned, the rest merged, so K differs per unit ([CLS-CODE] ``tm_prune``, ``mode='attn'``).
-   ``allocation='uniform'``: the same rule inside each unit ([SEG-CODE] per-layer thresholds).
+   pruned, the rest merged, so K differs per unit.
+   ``allocation='uniform'``: the same rule inside each unit (PM-Segmenter's per-layer
+   thresholds, ``segm/tm_prune.py``).
 
 Differences from the official code, all documented in the returned rows:
 
 * ties are broken by rank order (earlier unit, then earlier token first), so the counts are
   exact; the official ``>=`` threshold admits every tie;
-* every unit keeps at least one center (the official builder crashes on zero centers, §10): a
+* every unit keeps at least one center (the official builder crashes on zero centers): a
   unit left without one gets its best token as center and the lowest-scored center of a unit
   with several becomes a merged token, so the total stays exact;
 * a layer whose scores are all zero or not finite falls back to flat scores (a warning is
@@ -26,10 +28,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..models.utils import prune_merge as pm
-from ..models.utils.prune_merge import PMStructure
-
-ALLOCATIONS = ('global', 'uniform')
+from ..functional import prune_merge as pm
+from ..functional.prune_merge import PMStructure
+from ..utils.markdown import markdown_table, span_label
 
 
 def normalize_scores(scores: Dict[int, Tensor], depth_discount: float = 0.025
@@ -74,7 +75,7 @@ def unit_scores(norm_scores: Dict[int, Tensor], spans: Sequence[Tuple[int, int]]
 
 
 def search_structures(scores: Dict[int, Tensor], spans: Sequence[Tuple[int, int]],
-                      grid_size: Sequence[int], keep_rate: float, prune_rate: float = 0.0,
+                      grid_size: Sequence[int], *, keep_rate: float, prune_rate: float = 0.0,
                       allocation: str = 'global', depth_discount: float = 0.025,
                       official_row_clip: bool = True) -> Tuple[Dict[int, PMStructure], List[dict]]:
     """Turn raw scores into one merge-to-center structure per unit.
@@ -84,22 +85,16 @@ def search_structures(scores: Dict[int, Tensor], spans: Sequence[Tuple[int, int]
             must cover every block of every span.
         spans (list[tuple[int, int]]): the units, inclusive ``(a, b)``.
         grid_size (tuple[int, int]): ``(H_g, W_g)`` with ``H_g * W_g = N``.
-        keep_rate (float): in (0, 1]; mean K / N over units.
-        prune_rate (float): in [0, 1); ``keep_rate + prune_rate <= 1``.
-        allocation (str): ``'global'`` or ``'uniform'``. Default: ``'global'``.
-        depth_discount (float): see :func:`normalize_scores`. Default: 0.025.
-        official_row_clip (bool): see :func:`mmseg_pm.models.utils.prune_merge.merge_to_center_assign`.
+        keep_rate, prune_rate, allocation, depth_discount, official_row_clip: see
+            :class:`mmseg_pm.compression.CompressSettings` (validated there).
 
     Returns:
         tuple: (dict unit start -> PMStructure, list of table rows dict(span, N, K, merged,
         pruned, keep)).
 
     Raises:
-        ValueError: rates out of range, unknown allocation, score length != N.
+        ValueError: score length != N.
     """
-    pm.check_rates(keep_rate, prune_rate)
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f'allocation must be one of {ALLOCATIONS}, got {allocation!r}')
     h, w = (int(v) for v in grid_size)
     n = h * w
     for i, s in scores.items():
@@ -148,16 +143,11 @@ def _ensure_one_center(centers, pruned, per_unit, pooled) -> None:
             centers[worst // n][worst % n] = False
 
 
-def format_table(rows: List[dict]) -> str:
-    """Markdown table of the search result (block(s), N, K, merged, pruned, K / N)."""
-    lines = ['| block(s) | N | K | merged | pruned | K / N |', '|---|---|---|---|---|---|']
-    for r in rows:
-        a, b = r['span']
-        name = f'{a}' if a == b else f'{a}-{b}'
-        lines.append(f"| {name} | {r['N']} | {r['K']} | {r['merged']} | {r['pruned']} | "
-                     f"{r['keep']:.3f} |")
-    tot_n = sum(r['N'] for r in rows)
-    tot_k = sum(r['K'] for r in rows)
-    lines.append(f'| all | {tot_n} | {tot_k} | {sum(r["merged"] for r in rows)} | '
-                 f'{sum(r["pruned"] for r in rows)} | {tot_k / max(tot_n, 1):.3f} |')
-    return '\n'.join(lines)
+def structure_table(rows: List[dict]) -> str:
+    """Markdown table of the search result (block(s), N, K, merged, pruned, K / N, total)."""
+    body = [[span_label(r['span']), r['N'], r['K'], r['merged'], r['pruned'], f"{r['keep']:.3f}"]
+            for r in rows]
+    tot_n, tot_k = sum(r['N'] for r in rows), sum(r['K'] for r in rows)
+    body.append(['all', tot_n, tot_k, sum(r['merged'] for r in rows),
+                 sum(r['pruned'] for r in rows), f'{tot_k / max(tot_n, 1):.3f}'])
+    return markdown_table(['block(s)', 'N', 'K', 'merged', 'pruned', 'K / N'], body)

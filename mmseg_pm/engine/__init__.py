@@ -1,3 +1,3 @@
-from .hooks import PMCompressHook
+from .hooks import PMCompressHook, RNGStateHook, SelfDistillationHook
 
-__all__ = ['PMCompressHook']
+__all__ = ['PMCompressHook', 'SelfDistillationHook', 'RNGStateHook']

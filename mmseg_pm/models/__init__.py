@@ -1,11 +1,13 @@
 """Models of mmseg_pm; importing registers them into ``mmseg.registry.MODELS``."""
-from .backbones import CompressedTokens, PruneMergeViT
-from .layers import PMTransformerEncoderLayer, PruneMerge
+from .backbones import CompressedTokens, PruneMergeViT, TokenReductionViT
+from .heads import FusedSegmenterMaskTransformerHead
+from .layers import FusedMultiheadAttention
 from .necks import TokenReconstructNeck
+from .reducers import PruneMerge, PruneMergeUnit, TokenReducer
 from .segmentors import PMDistillEncoderDecoder
-from .utils import PMStructure, PMStructureError
 
 __all__ = [
-    'PruneMergeViT', 'CompressedTokens', 'PMTransformerEncoderLayer', 'PruneMerge',
-    'TokenReconstructNeck', 'PMDistillEncoderDecoder', 'PMStructure', 'PMStructureError'
+    'TokenReductionViT', 'PruneMergeViT', 'CompressedTokens', 'FusedMultiheadAttention',
+    'FusedSegmenterMaskTransformerHead', 'TokenReconstructNeck', 'TokenReducer', 'PruneMerge',
+    'PruneMergeUnit', 'PMDistillEncoderDecoder'
 ]

@@ -1,4 +1,8 @@
+"""Leaf helpers of the tools (no model code): command-line plumbing, pre-flight checks, atomic
+writes, markdown tables."""
+from .cli import config_name, parse_shape, quiet_logging, run_cli
 from .io import atomic_write, save_checkpoint, save_json
-from .preflight import UserError, run_cli
+from .markdown import markdown_table, span_label
 
-__all__ = ['UserError', 'run_cli', 'atomic_write', 'save_json', 'save_checkpoint']
+__all__ = ['run_cli', 'parse_shape', 'config_name', 'quiet_logging', 'atomic_write',
+           'save_json', 'save_checkpoint', 'markdown_table', 'span_label']

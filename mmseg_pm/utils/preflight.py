@@ -1,12 +1,14 @@
-"""Checks run by ``tools/*.py`` before MMEngine starts, so bad input stops with one clear line.
+"""Checks run by ``tools/*.py`` before heavy work, so bad input stops with one clear line.
 
-Every check raises :class:`UserError` with an actionable message; :func:`run_cli` turns it
-(and the library's other user-facing errors) into ``error: <message>`` on stderr and exit code 2.
+Files, data and config settings only (no model code). Every check raises an
+:class:`mmseg_pm.errors.UserError` subclass with an actionable message;
+:func:`mmseg_pm.utils.cli.run_cli` prints it as ``error: <message>`` and exits with code 2.
 """
 import os
 import os.path as osp
-import sys
-from typing import Callable, Optional
+from typing import Optional, Tuple
+
+from ..errors import CheckpointReadError, DataError, FixedTokenCountError, UserError
 
 IMG_EXTS = ('.jpg', '.jpeg', '.png')
 
@@ -38,10 +40,6 @@ for _size, _name in (('t', 'segmenter_vit-t_mask_8x1_512x512_160k_ade20k_2022010
         f'(ADE20K); download https://download.openmmlab.com/mmsegmentation/v0.5/segmenter/'
         f'{_name.rsplit("_", 2)[0]}/{_name}.pth (or train it with the baseline config '
         f'segmenter_vit-{_size}_ade20k*.py and pass --cfg-options load_from=<its checkpoint>)')
-
-
-class UserError(Exception):
-    """Bad input from the user (missing file, wrong option): printed as one line."""
 
 
 def _describe(path: str) -> str:
@@ -81,7 +79,7 @@ def check_checkpoint_readable(path: str, what: str = 'checkpoint') -> None:
     their read errors into one line.
 
     Raises:
-        UserError: the file is empty, a truncated zip archive, or neither zip nor pickle.
+        CheckpointReadError: the file is empty, a truncated zip archive, or neither zip nor pickle.
     """
     import zipfile
     size = osp.getsize(path)
@@ -97,7 +95,7 @@ def check_checkpoint_readable(path: str, what: str = 'checkpoint') -> None:
         reason = 'the file is empty'
     else:
         reason = 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
-    raise UserError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. Copy '
+    raise CheckpointReadError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. Copy '
                     f'it again (an interrupted download, copy or save?) or use another '
                     f'checkpoint')
 
@@ -128,13 +126,13 @@ def check_dataset(dataset_cfg: dict, split: str) -> None:
     hint = (' Prepare ADE20K as in README "Data preparation", or use the 38-image sample: '
             'python tools/prepare_ade20k_sample.py, then the configs under configs/demo/.')
     if root and not osp.isdir(root):
-        raise UserError(f'{split} data root not found: {root} (looked in '
+        raise DataError(f'{split} data root not found: {root} (looked in '
                         f'{osp.abspath(root)}).{hint}')
     img_dir = osp.join(root, (dataset_cfg.get('data_prefix') or {}).get('img_path', ''))
     if not osp.isdir(img_dir):
-        raise UserError(f'{split} image folder not found: {img_dir}.{hint}')
+        raise DataError(f'{split} image folder not found: {img_dir}.{hint}')
     if not any(f.lower().endswith(IMG_EXTS) for f in os.listdir(img_dir)):
-        raise UserError(f'{split} image folder is empty: {img_dir} (no {"/".join(IMG_EXTS)} '
+        raise DataError(f'{split} image folder is empty: {img_dir} (no {"/".join(IMG_EXTS)} '
                         f'files).{hint}')
     check_annotations(dataset_cfg, split)
 
@@ -202,7 +200,7 @@ def check_annotations(dataset_cfg: dict, split: str,
     for name in names:
         ann = osp.join(ann_dir, name[:-len(img_suffix)] + seg_suffix)
         if not osp.isfile(ann):
-            raise UserError(f'{split} annotation not found for image {osp.join(img_dir, name)}: '
+            raise DataError(f'{split} annotation not found for image {osp.join(img_dir, name)}: '
                             f'expected {ann} (data_prefix.seg_map_path = '
                             f'{prefix["seg_map_path"]!r}, seg_map_suffix = {seg_suffix!r})')
         try:
@@ -211,21 +209,21 @@ def check_annotations(dataset_cfg: dict, split: str,
             with Image.open(osp.join(img_dir, name)) as im:
                 img_w, img_h = im.size
         except OSError as e:
-            raise UserError(f'cannot read {split} annotation {ann} or its image: {e}')
+            raise DataError(f'cannot read {split} annotation {ann} or its image: {e}')
         if label.ndim != 2 or label.dtype != np.uint8:
-            raise UserError(
+            raise DataError(
                 f'{split} annotation {ann} is a {label.dtype} array of shape '
                 f'{tuple(label.shape)}; expected a 2-D uint8 label map (a grey-scale or palette '
                 f'PNG of class indices, not a colour-coded or 16-bit image)')
         if label.shape != (img_h, img_w):
-            raise UserError(f'{split} annotation {ann} is {label.shape[1]}x{label.shape[0]} '
+            raise DataError(f'{split} annotation {ann} is {label.shape[1]}x{label.shape[0]} '
                             f'(WxH) but its image is {img_w}x{img_h}; they must be equal')
         if info['num_classes']:
             top = info['num_classes'] if info['reduce_zero_label'] else info['num_classes'] - 1
             values = np.unique(label)
             bad = values[(values > top) & (values != 255)]
             if bad.size:
-                raise UserError(
+                raise DataError(
                     f'{split} annotation {ann} has labels {bad[:5].tolist()} above {top}: '
                     f'{info["num_classes"]} classes'
                     + (' with reduce_zero_label (0 = unlabeled, 1..N = classes)'
@@ -252,14 +250,63 @@ def check_test(cfg, checkpoint: str) -> None:
     check_dataset(cfg.get('test_dataloader', {}).get('dataset'), 'test')
 
 
-def run_cli(main: Callable[[], Optional[int]]) -> None:
-    """Run a tool's ``main``; user-facing errors become one line on stderr and exit code 2."""
-    from mmseg_pm.models.utils.checkpoint import CheckpointFormatError
-    from mmseg_pm.models.utils.prune_merge import PMConfigError, PMStructureError
-    try:
-        code = main()
-    except (UserError, FileNotFoundError, PMStructureError, PMConfigError,
-            CheckpointFormatError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code or 0)
+def max_pipeline_size(pipeline) -> Optional[Tuple[int, int]]:
+    """Largest ``(H, W)`` a test pipeline can produce, or None when it is not bounded.
+
+    Only a ``Resize`` with a fixed ``scale`` bounds it: ``keep_ratio=False`` gives exactly
+    ``scale = (w, h)``; ``keep_ratio=True`` fits the long side into ``max(scale)``. Random or
+    scale-factor resizes and test-time augmentation count as unbounded.
+    """
+    bound = None
+    for t in pipeline or []:
+        kind = t.get('type', '') if isinstance(t, dict) else type(t).__name__
+        if kind == 'Resize':
+            scale = t.get('scale')
+            if scale is None or t.get('scale_factor') is not None:
+                bound = None
+            elif isinstance(scale, int):
+                bound = (scale, scale) if not t.get('keep_ratio') else None
+            elif t.get('keep_ratio'):
+                bound = (max(scale), max(scale))
+            else:
+                bound = (int(scale[1]), int(scale[0]))
+        elif 'Resize' in kind or kind == 'TestTimeAug':
+            bound = None
+    return bound
+
+
+def check_inference_size(grid, patch_size: int, test_cfg, pipeline, what: str) -> None:
+    """Refuse test settings that would feed a fixed-token-count model inputs larger than its
+    crop (it pads smaller inputs; a larger one would stop the test loop midway).
+
+    Slide inference needs ``crop_size <=`` the crop; whole-image inference needs a test
+    pipeline that bounds the image size by it (:func:`max_pipeline_size`).
+
+    Args:
+        grid (tuple[int, int]): patch grid ``(H_g, W_g)`` of the model's crop.
+        patch_size (int): pixels per patch.
+        test_cfg (dict | None): the segmentor's ``test_cfg`` (``mode``, ``crop_size``).
+        pipeline (list | None): the test pipeline (bounds whole-image inputs).
+        what (str): how the message names the crop.
+
+    Raises:
+        FixedTokenCountError: the settings and the crop, with the options that fix it.
+    """
+    ch, cw = (int(g) * patch_size for g in grid)
+    test_cfg = dict(test_cfg or {})
+    mode = test_cfg.get('mode', 'whole')
+    fix = (f'use slide inference with that crop: --cfg-options model.test_cfg.mode=slide '
+           f'"model.test_cfg.crop_size=({ch},{cw})" '
+           f'"model.test_cfg.stride=({ch * 15 // 16},{cw * 15 // 16})"')
+    if mode == 'slide':
+        c = test_cfg.get('crop_size')
+        if c is None or int(c[0]) > ch or int(c[1]) > cw:
+            raise FixedTokenCountError(f'test_cfg.crop_size={tuple(c) if c else None} is larger than the '
+                            f'{ch}x{cw} crop {what} (fixed token count); {fix}')
+        return
+    bound = max_pipeline_size(pipeline)
+    if bound is None or bound[0] > ch or bound[1] > cw:
+        size = 'of any size' if bound is None else f'up to {bound[0]}x{bound[1]}'
+        raise FixedTokenCountError(f'test_cfg.mode={mode!r} feeds whole images ({size} after the test '
+                        f'pipeline) to a model with a fixed token count for the {ch}x{cw} '
+                        f'crop {what}; {fix}')

@@ -1,107 +1,101 @@
 """``PMCompressHook``: compress at the start of training, keep the teacher across resumes."""
-import contextlib
 import copy
 import gc
 import os.path as osp
-import random
-from typing import Optional
 
-import numpy as np
 import torch
 from mmengine.dist import is_main_process
-from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
-from ...compression import compress_segmentor, get_pm_backbone
+from ...compression import CompressSettings, compress_segmentor, pm_backbone
 from ...utils.io import save_json
-from ...utils.preflight import UserError
+from ...utils.preflight import check_inference_size
+from .distill_hook import SelfDistillationHook, unwrap
+from .rng_state_hook import preserved_rng_state
 
 
 @HOOKS.register_module()
-class PMCompressHook(Hook):
+class PMCompressHook(SelfDistillationHook):
     """Run the Prune-and-Merge compression step before the first training iteration.
+
+    Mao et al., "Prune and Merge", IEEE TMM 2025 (arXiv 2503.23455): gradient-weighted scoring,
+    global structure search, then self-distillation finetuning.
 
     * ``before_train``: if the loaded weights carry no structure (``load_from`` = an
       uncompressed Segmenter), freeze the teacher, score ``score_iters`` training batches,
       search and install the structure (:func:`mmseg_pm.compression.compress_segmentor`), log
       the table and write ``<work_dir>/pm_structure.json``. If the model already holds a
-      structure (``--resume``, or ``load_from`` a compressed checkpoint) nothing is scored again.
-    * ``before_save_checkpoint`` / ``after_load_checkpoint``: carry the teacher's weights as
-      ``checkpoint['pm_teacher']`` so that ``--resume`` continues the same distillation, and
-      torch's RNG state as ``checkpoint['pm_torch_rng']``, restored before the first resumed
-      iteration (drop-path masks then match an uninterrupted run; MMEngine does not save it).
+      structure (``--resume``, or ``load_from`` a compressed checkpoint) nothing is scored
+      again. Before that, the validation settings are checked against the fixed crop.
+    * ``before_test``: the test settings are checked against the structure's crop.
+    * checkpoints carry the teacher and torch's RNG state (:class:`SelfDistillationHook`).
     * With ``representation='dense'`` under DDP, the model is re-wrapped after M / R changed
       shape (DDP keeps the parameter shapes it was built with).
 
     Args:
-        overrides (dict, optional): compression settings replacing the backbone's ``pm_cfg``
-            (``keep_rate``, ``prune_rate``, ``score_iters``, ...).
+        keep_rate, prune_rate, allocation, depth_discount, official_row_clip, score_iters,
+            score_mode: :class:`~mmseg_pm.compression.CompressSettings` (None: its default,
+            or the deprecated value in the backbone's ``pm_cfg``).
         structure_file (str): file name of the JSON record in ``work_dir``.
+        overrides (dict, optional): deprecated spelling of the settings above.
+
+    Raises:
+        ConfigError: bad settings (when the hook is built), or a setting given both here and
+            in ``pm_cfg`` with different values (at ``before_train``).
     """
     priority = 'VERY_HIGH'
 
-    def __init__(self, overrides: Optional[dict] = None,
-                 structure_file: str = 'pm_structure.json'):
-        self.overrides = overrides or {}
+    def __init__(self, keep_rate=None, prune_rate=None, allocation=None, depth_discount=None,
+                 official_row_clip=None, score_iters=None, score_mode=None,
+                 structure_file: str = 'pm_structure.json', overrides=None):
+        super().__init__()
+        self.settings = dict(keep_rate=keep_rate, prune_rate=prune_rate, allocation=allocation,
+                             depth_discount=depth_discount, official_row_clip=official_row_clip,
+                             score_iters=score_iters, score_mode=score_mode)
+        self.settings.update({k: v for k, v in (overrides or {}).items()})
+        CompressSettings.resolve(self.settings)  # validate now
         self.structure_file = structure_file
-        self._pending_rng = None
 
-    @staticmethod
-    def _model(runner):
-        model = runner.model
-        return model.module if is_model_wrapper(model) else model
+    def resolve_settings(self, backbone) -> CompressSettings:
+        """The hook's settings merged with the backbone's deprecated ``pm_cfg`` keys."""
+        return CompressSettings.resolve(self.settings, getattr(backbone, 'compress_cfg', None))
 
     def before_train(self, runner) -> None:
-        model = self._model(runner)
-        backbone = get_pm_backbone(model)
+        model = unwrap(runner.model)
+        backbone = pm_backbone(model)
+        if runner.val_loop is not None:
+            check_inference_size(backbone.grid_size, backbone.patch_size,
+                                 runner.cfg.model.get('test_cfg'),
+                                 runner.cfg.val_dataloader.dataset.get('pipeline'),
+                                 'the Prune-and-Merge structure is built for')
         if backbone.is_compressed:
             print_log('Prune-and-Merge: the loaded checkpoint carries its structure; not '
                       'scoring again', logger='current')
-            if hasattr(model, 'init_teacher') and model.teacher is None:
-                print_log('Prune-and-Merge: no teacher weights in the checkpoint: distillation '
-                          'is off for this run', logger='current', level=30)
+            super().before_train(runner)
         else:
-            self._compress(runner, model)
+            self._compress(runner, model, self.resolve_settings(backbone))
         _rewrap_ddp_if_dense(runner, backbone)
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        # torch's RNG (drop-path, dropout) as it was when the resumed checkpoint was saved;
-        # MMEngine replays the data streams itself but does not save this state
-        if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng['cpu'])
-            if torch.cuda.is_available() and self._pending_rng.get('cuda'):
-                torch.cuda.set_rng_state_all(self._pending_rng['cuda'])
-            self._pending_rng = None
+    def before_test(self, runner) -> None:
+        backbone = pm_backbone(unwrap(runner.model))
+        if backbone.is_compressed:
+            check_inference_size(backbone.grid_size, backbone.patch_size,
+                                 runner.cfg.model.get('test_cfg'),
+                                 runner.cfg.test_dataloader.dataset.get('pipeline'),
+                                 'this model\'s Prune-and-Merge structure was built for')
 
-    def _compress(self, runner, model) -> None:
+    def _compress(self, runner, model, settings: CompressSettings) -> None:
         # a loader of its own: iterating runner.train_dataloader a second time would close the
         # InfiniteSampler's shared index generator under the training loop
         data = runner.build_dataloader(copy.deepcopy(runner.cfg.train_dataloader),
                                        seed=runner.seed)
         with preserved_rng_state():  # training sees the same random streams as without scoring
-            report = compress_segmentor(model, data, self.overrides,
-                                        progress=is_main_process())
+            report = compress_segmentor(model, data, settings, progress=is_main_process())
+        del data
         if is_main_process():
             path = save_json(report, osp.join(runner.work_dir, self.structure_file))
             print_log(f'Prune-and-Merge structure saved to {path}', logger='current')
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        teacher = getattr(self._model(runner), 'teacher', None)
-        if teacher is not None:
-            checkpoint['pm_teacher'] = {k: v.cpu() for k, v in teacher.state_dict().items()}
-        checkpoint['pm_torch_rng'] = dict(
-            cpu=torch.get_rng_state(),
-            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        model = self._model(runner)
-        check_checkpoint_matches(model, checkpoint)
-        if runner._resume and 'pm_torch_rng' in checkpoint:
-            self._pending_rng = checkpoint['pm_torch_rng']
-        if 'pm_teacher' in checkpoint and hasattr(model, 'init_teacher'):
-            model.init_teacher(checkpoint['pm_teacher'])
 
 
 def _rewrap_ddp_if_dense(runner, backbone) -> None:
@@ -113,44 +107,3 @@ def _rewrap_ddp_if_dense(runner, backbone) -> None:
     runner.model = None
     gc.collect()  # the old reducer must be gone before a new one is built
     runner.model = runner.wrap_model(runner.cfg.get('model_wrapper_cfg'), module)
-
-
-@contextlib.contextmanager
-def preserved_rng_state():
-    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states on exit, so the
-    scoring pass (data augmentation, drop-path) does not shift the training run's streams and
-    a resumed run (which does not score) replays the same data as an uninterrupted one."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        yield
-    random.setstate(py_state)
-    np.random.set_state(np_state)
-
-
-def check_checkpoint_matches(model, checkpoint: dict) -> None:
-    """Refuse a checkpoint whose weights do not fit the model (MMEngine loads ``load_from``
-    with ``strict=False``, which would only warn and train from random weights).
-
-    Prune-and-Merge tensors (``backbone.pm.*``) may be absent (an uncompressed checkpoint) and
-    may differ in shape (they are re-shaped to the checkpoint's structure).
-
-    Raises:
-        UserError: names the first missing or mismatched tensors and both shapes.
-    """
-    state = checkpoint.get('state_dict', checkpoint)
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-    own = model.state_dict()
-    is_pm = lambda k: k.startswith('backbone.pm.')  # noqa: E731
-    missing = [k for k in own if k not in state and not is_pm(k)]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in own.items()
-                  if k in state and not is_pm(k) and hasattr(state[k], 'shape')
-                  and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or mismatched:
-        raise UserError(
-            'the checkpoint does not match the config: '
-            + (f'{len(mismatched)} shape mismatches, e.g. {"; ".join(mismatched[:3])}. '
-               if mismatched else '')
-            + (f'{len(missing)} missing tensors, e.g. {", ".join(missing[:3])}. '
-               if missing else '')
-            + 'Use the uncompressed checkpoint of the same architecture as this config.')

@@ -1,3 +1,4 @@
-from .prune_merge_vit import CompressedTokens, PruneMergeViT
+from .prune_merge_vit import PruneMergeViT
+from .token_reduction_vit import CompressedTokens, TokenReductionViT, reduction_backbone
 
-__all__ = ['PruneMergeViT', 'CompressedTokens']
+__all__ = ['TokenReductionViT', 'PruneMergeViT', 'CompressedTokens', 'reduction_backbone']

@@ -1,4 +1,5 @@
-from .pm_encoder_layer import PMTransformerEncoderLayer
-from .prune_merge import PruneMerge
+from .attention import (AttentionTap, FusedMultiheadAttention, encoder_layer_forward,
+                        fuse_attention, self_attention)
 
-__all__ = ['PMTransformerEncoderLayer', 'PruneMerge']
+__all__ = ['AttentionTap', 'FusedMultiheadAttention', 'encoder_layer_forward', 'fuse_attention',
+           'self_attention']

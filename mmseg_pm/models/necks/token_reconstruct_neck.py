@@ -4,21 +4,21 @@ from typing import Optional
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..backbones.prune_merge_vit import CompressedTokens
+from ..backbones.token_reduction_vit import CompressedTokens
 
 
 @MODELS.register_module()
 class TokenReconstructNeck(BaseModule):
-    """Restore :class:`CompressedTokens` outputs of ``PruneMergeViT`` to full grids.
+    """Restore :class:`CompressedTokens` outputs of a token-reduction backbone to full grids.
 
-    Mao et al., "Prune and Merge", IEEE TMM 2025 (arXiv 2503.23455), §1.7 of method.md.
-
-    With ``pm_cfg.restore_outputs=False`` the backbone hands an ``out_indices`` output that lies
-    inside a span as merged tokens ``(B, P + K, C)``; this neck applies the span's reconstruct
-    matrix R (and the pruned-token shortcut) and returns ``(B, C, H/16, W/16)``, exactly what
-    the backbone returns with ``restore_outputs=True``. Full-grid tensors pass through. The
-    restored tuple then goes through ``neck`` (any mmseg neck, e.g. ``MultiLevelNeck`` for
-    UPerNet-ViT / SETR-MLA), if given.
+    With ``restore_outputs=False`` (``pm_cfg.restore_outputs=False`` for ``PruneMergeViT``) the
+    backbone hands an ``out_indices`` output taken while reduction steps are open as reduced
+    tokens ``(B, P + K, C)``; this neck undoes the open steps (for Prune-and-Merge, the span's
+    reconstruct matrix R and the pruned-token shortcut; Mao et al., IEEE TMM 2025, arXiv
+    2503.23455) and returns ``(B, C, H/16, W/16)``, exactly what the backbone returns with
+    ``restore_outputs=True``. Full-grid tensors pass through. The restored tuple then goes
+    through ``neck`` (any mmseg neck, e.g. ``MultiLevelNeck`` for UPerNet-ViT / SETR-MLA), if
+    given.
 
     Args:
         neck (dict, optional): config of a neck applied after the restoration. Default: None.

@@ -17,7 +17,8 @@ def distill_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature:
                     alpha: float = 1.0, normalize: str = 'numel') -> Tensor:
     """Soft KD per pixel: ``alpha * T^2 * KL(softmax(t / T) || softmax(s / T))``.
 
-    Official recipe (method.md §4.1, §8 row 6): alpha 1.0, T 20, the summed KL divided by the
+    Official recipe (NUST-Machine-Intelligence-Laboratory/prune_and_merge ``pm-vit/losses.py``
+    ``DistillationLoss``, soft distillation): alpha 1.0, T 20, the summed KL divided by the
     number of elements (``'numel'``: ``B * classes * H * W``, as the classification code's
     ``B * classes``). ``'pixel'`` divides by ``B * H * W`` (per-pixel batch-mean KL, the usual
     KD scale, ``classes`` times stronger).
@@ -55,15 +56,18 @@ def distill_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature:
 class PMDistillEncoderDecoder(EncoderDecoder):
     """mmseg ``EncoderDecoder`` trained with self-distillation from its uncompressed self.
 
-    Mao et al., "Prune and Merge", IEEE TMM 2025 (arXiv 2503.23455), method.md §4.
+    Mao et al., "Prune and Merge", IEEE TMM 2025 (arXiv 2503.23455): finetuning with
+    self-distillation from the uncompressed model. Works for any token reducer: the teacher is
+    the model as it was before the compression step (or before a reducer was switched on).
 
     Modifications to ``EncoderDecoder``:
 
-    * :meth:`init_teacher` freezes a copy of the current (uncompressed) model as the teacher:
-      eval mode, no gradients, not a submodule, so it is neither in ``state_dict()`` nor in
-      ``parameters()`` (checkpoints and the optimizer hold only the student);
-      ``PMCompressHook`` calls it right before compressing and carries the teacher's weights in
-      training checkpoints (``checkpoint['pm_teacher']``) for ``--resume``;
+    * :meth:`init_teacher` freezes a copy of the current model, token reduction off, as the
+      teacher: eval mode, no gradients, not a submodule, so it is neither in ``state_dict()``
+      nor in ``parameters()`` (checkpoints and the optimizer hold only the student);
+      ``PMCompressHook`` calls it right before compressing, ``SelfDistillationHook`` before
+      training with any other reducer; both carry the teacher's weights in training
+      checkpoints (``checkpoint['pm_teacher']``) for ``--resume``;
     * :meth:`loss` adds ``loss_kd`` (:func:`distill_kl_loss`) between the student's and the
       teacher's decode-head logits at the decode head's resolution (before upsampling);
     * :meth:`task_loss` is the plain mmseg loss (used by the scoring pass);
@@ -88,12 +92,20 @@ class PMDistillEncoderDecoder(EncoderDecoder):
     def teacher(self):
         return self.__dict__['_teacher']
 
-    def init_teacher(self, state_dict: Optional[dict] = None) -> None:
-        """Freeze a copy of this model (or of it with ``state_dict`` loaded) as the teacher."""
+    def init_teacher(self, state_dict: Optional[dict] = None, reduction: bool = False) -> None:
+        """Freeze a copy of this model (or of it with ``state_dict`` loaded, strictly) as the
+        teacher; ``reduction=False`` switches its token reduction off (the uncompressed model,
+        same weights).
+
+        Raises:
+            RuntimeError: ``state_dict`` does not fit the model.
+        """
         self.__dict__['_teacher'] = None
         teacher = copy.deepcopy(self)
         if state_dict is not None:
             teacher.load_state_dict(state_dict, strict=True)
+        if not reduction and hasattr(teacher.backbone, 'reduction_enabled'):
+            teacher.backbone.reduction_enabled = False
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -116,7 +128,7 @@ class PMDistillEncoderDecoder(EncoderDecoder):
         return super().loss(inputs, data_samples)
 
     def loss(self, inputs: Tensor, data_samples) -> dict:
-        """Task losses plus ``loss_kd`` once a teacher exists (method.md §4)."""
+        """Task losses plus ``loss_kd`` once a teacher exists."""
         if self.teacher is None or self.distill_cfg['alpha'] == 0:
             return self.task_loss(inputs, data_samples)
         x = self.extract_feat(inputs)

@@ -43,8 +43,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import prune_merge as pm
-from .prune_merge import PMStructure, PMStructureError
+from ..errors import CheckpointFormatError, CheckpointMismatchError
+from ..errors import StructureError as PMStructureError
+from ..functional import prune_merge as pm
+from ..functional.prune_merge import PMStructure
+from ..functional.prune_merge_dense import structure_from_dense
 
 #: supported source layouts and what they look like (used in error messages)
 FORMATS = OrderedDict(
@@ -135,14 +138,6 @@ DROPPABLE_PREFIXES = OrderedDict([
 PM_TENSOR_RE = re.compile(
     r'^(?P<pre>(?:encoder\.)?blocks\.(?P<blk>\d+)\.)(?P<attn>attn\.)?'
     r'(?P<name>merge_matrix|recover_matrix|token_mask|bias)$')
-
-
-class CheckpointFormatError(ValueError):
-    """The checkpoint's key layout is not recognised, not supported or inconsistent."""
-
-
-class CheckpointMismatchError(CheckpointFormatError):
-    """The checkpoint does not fit the model: missing / unexpected keys or other shapes."""
 
 
 @dataclass
@@ -709,117 +704,6 @@ def convert_segmenter(checkpoint: Mapping, grid_size: Optional[Sequence[int]] = 
 # --------------------------------------------------------------------------------------------
 # official Prune-and-Merge checkpoints -> compressed mmseg_pm checkpoints (dense)
 # --------------------------------------------------------------------------------------------
-def structure_from_dense(merge_matrix: Tensor, restore_matrix: Tensor,
-                         token_mask: Optional[Tensor] = None,
-                         grid_size: Optional[Sequence[int]] = None, num_prefix: int = 1,
-                         where: str = 'Prune-and-Merge unit'
-                         ) -> Tuple[PMStructure, Tensor, Tensor, List[str]]:
-    """Derive the structure (groups, centers, pruned set) from dense M, R and t.
-
-    The official matrices may have drifted during finetuning (they are trained densely with
-    weight decay, method.md §10), so the dense tensors are kept and the structure is read
-    off their support:
-
-    * ``K = rows(M) - P``; ``N = cols(M) - P``; grid = ``grid_size`` or the square
-      ``sqrt(N) x sqrt(N)`` (the official code assumes a square grid).
-    * ``assign[j]`` = ``argmax_k |M[P + k, P + j]|`` over the non-zero support of patch
-      column ``j``; ``-1`` if that column is all zero or ``t[P + j] == 0`` (pruned: the token
-      takes the shortcut).
-    * ``centers[k]`` = the member of group ``k`` with the largest merge weight (the first on
-      ties). If the centers are not increasing in raster order, the merged tokens are
-      re-ordered (rows of M and columns of R permuted together; exact, since the blocks in
-      between are permutation-equivariant over tokens).
-    * ``merge_weight`` / ``restore_weight`` = M / R on that support.
-
-    Args:
-        merge_matrix (Tensor): M, ``(P + K, P + N)``.
-        restore_matrix (Tensor): R, ``(P + N, P + K)``.
-        token_mask (Tensor, optional): t, ``P + N`` values (any shape), 1 = merged or kept,
-            0 = pruned; all ones if None.
-        grid_size (tuple[int, int], optional): ``(H_g, W_g)`` with ``H_g * W_g = N``.
-        num_prefix (int): P (the class token). Default: 1.
-        where (str): prefix of error messages.
-
-    Returns:
-        tuple: ``(structure, M, R, notes)``: the validated :class:`PMStructure`, M and R (rows
-        / columns re-ordered if needed, values unchanged) and notes for the report.
-
-    Raises:
-        PMStructureError: inconsistent shapes, a grid that does not hold N patches, or a merged
-            token that no patch column attributes to its row (drifted beyond recognition).
-    """
-    p = int(num_prefix)
-    m, r = merge_matrix.detach(), restore_matrix.detach()
-    if m.dim() != 2 or m.shape[0] <= p or m.shape[1] <= p:
-        raise PMStructureError(f'{where}: merge matrix must be 2-D (P + K, P + N) with K, N >= '
-                               f'1, got {tuple(m.shape)}')
-    k, n = m.shape[0] - p, m.shape[1] - p
-    if tuple(r.shape) != (p + n, p + k):
-        raise PMStructureError(f'{where}: recover matrix has shape {tuple(r.shape)}, expected '
-                               f'{(p + n, p + k)} for merge matrix {tuple(m.shape)}')
-    if grid_size is None:
-        side = _square_side(n)
-        if side is None:
-            raise PMStructureError(f'{where}: {n} patch tokens do not form a square grid; give '
-                                   f'the crop size (--img-size)')
-        grid = (side, side)
-    else:
-        grid = tuple(int(v) for v in grid_size)
-        if grid[0] * grid[1] != n:
-            raise PMStructureError(f'{where}: the matrices hold N={n} patch tokens, the grid '
-                                   f'{grid[0]}x{grid[1]} holds {grid[0] * grid[1]}')
-    t = torch.ones(p + n) if token_mask is None else token_mask.detach().flatten().float()
-    if t.numel() != p + n:
-        raise PMStructureError(f'{where}: token mask has {t.numel()} values, expected {p + n}')
-    notes = []
-    patch_cols = m[p:, p:].double()                                   # (K, N)
-    mag = patch_cols.abs()
-    assign = mag.argmax(dim=0)
-    pruned = (mag == 0).all(dim=0) | (t[p:] == 0)
-    assign[pruned] = -1
-    counts = torch.bincount(assign[assign >= 0], minlength=k)
-    empty = torch.nonzero(counts == 0).flatten().tolist()
-    if empty:
-        raise PMStructureError(
-            f'{where}: merged token(s) {empty[:10]} (rows of M) are the largest weight of no '
-            f'patch column: the matrices have drifted too far to derive a grouping')
-    cols = torch.arange(n)
-    weight = patch_cols[assign.clamp(min=0), cols]                     # signed merge weight
-    centers = torch.empty(k, dtype=torch.long)
-    for g in range(k):
-        members = torch.nonzero(assign == g).flatten()
-        centers[g] = members[int(torch.argmax(weight[members]))]
-    order = torch.argsort(centers, stable=True)
-    if not torch.equal(order, torch.arange(k)):
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(k)
-        assign = torch.where(assign >= 0, inverse[assign.clamp(min=0)], assign)
-        centers = centers[order]
-        rows = torch.cat([torch.arange(p), p + order])
-        m, r = m[rows], r[:, rows]
-        notes.append(f'{where}: merged tokens re-ordered to raster order of their centers (rows '
-                     f'of M and columns of R permuted together; the function is unchanged)')
-    cls_dev = 0.0
-    if p:  # prefix rows / columns of M and R should be the identity (CLS passes through)
-        ref = torch.zeros(p + k, p + n, dtype=m.dtype)
-        ref[:p, :p] = torch.eye(p)
-        cls_dev = max(float((m[:p] - ref[:p]).abs().max()),
-                      float((m[:, :p] - ref[:, :p]).abs().max()),
-                      float((r[:p] - ref.t()[:p]).abs().max()),
-                      float((r[:, :p] - ref.t()[:, :p]).abs().max()))
-    if cls_dev > 0:
-        notes.append(f'{where}: the class-token row / column of M and R deviates from the '
-                     f'identity by up to {cls_dev:.3g} (trained densely); kept exactly')
-    kept = assign >= 0
-    mw = torch.zeros(n)
-    rw = torch.zeros(n)
-    mw[kept] = m[p + assign[kept], p + cols[kept]].float()
-    rw[kept] = r[p + cols[kept], p + assign[kept]].float()
-    structure = PMStructure(grid, assign, centers, mw, rw)
-    pm.validate_structure(structure, where=where)
-    return structure, m, r, notes
-
-
 def _pm_block_tensors(sd: Mapping[str, Tensor]) -> Dict[int, Dict[str, Tuple[str, Tensor]]]:
     blocks: Dict[int, Dict[str, Tuple[str, Tensor]]] = {}
     for key, value in sd.items():

@@ -1,50 +1,43 @@
 """Pure token maths of Prune-and-Merge (no ``nn.Module``, no registry).
 
-Mao et al., "Prune and Merge: Efficient Token Compression for Vision Transformer with Spatial
-Information Preserved", IEEE TMM 2025 (arXiv 2503.23455). Section numbers (§) refer to
-``../shared/docs/method.md``, the method reference of this project.
+J. Mao, Y. Shen, J. Guo, Y. Yao, X. Hua, H. T. Shen, "Prune and Merge: Efficient Token
+Compression for Vision Transformer with Spatial Information Preserved", IEEE Transactions on
+Multimedia 2025 (arXiv 2503.23455). Official code: NUST-Machine-Intelligence-Laboratory/
+prune_and_merge (classification, ``pm-vit/``: ``tmvit.py``, ``tm_prune_merge_to_center.py``)
+and wafev/PM-Segmenter (segmentation, ``segm/model/blocks.py``, ``segm/tm_prune.py``).
 
-Conventions used throughout:
+Conventions (see :mod:`mmseg_pm.functional`): tokens ``(B, P + N, C)``, ``P`` prefix (CLS) tokens
+first, never merged or pruned, then the ``N = H_g * W_g`` patch tokens in raster order. A
+compression *structure* for one layer (or span of layers) partitions the ``N`` patches into
+``K`` merge groups plus a pruned set:
 
-* A token sequence has shape ``(B, P + N, C)``: ``P`` prefix tokens (the CLS token of mmseg's
-  ``VisionTransformer`` when ``with_cls_token=True``, so ``P`` is 0 or 1) followed by the
-  ``N = H_g * W_g`` patch tokens in raster order. Prefix tokens are never merged or pruned.
-* A compression *structure* for one layer (or span of layers) partitions the ``N`` patches into
-  ``K`` merge groups plus a pruned set:
+- ``assign`` (LongTensor, shape ``(N,)``): the group ``k in [0, K)`` of each patch, ``-1`` for a
+  pruned patch.
+- ``centers`` (LongTensor, shape ``(K,)``): the patch index of each group's center, increasing.
+- ``merge_weight`` (Tensor, shape ``(N,)``): the non-zero support of the merge matrix,
+  ``M[P + assign[j], P + j] = merge_weight[j]`` (0 for pruned patches).
+- ``restore_weight`` (Tensor, shape ``(N,)``): the support of the reconstruct matrix,
+  ``R[P + j, P + assign[j]] = restore_weight[j]`` (0 for pruned patches).
 
-  - ``assign`` (LongTensor, shape ``(N,)``): the group ``k in [0, K)`` of each patch, ``-1`` for a
-    pruned patch.
-  - ``centers`` (LongTensor, shape ``(K,)``): the patch index of each group's center, increasing.
-  - ``merge_weight`` (Tensor, shape ``(N,)``): the non-zero support of the merge matrix,
-    ``M[P + assign[j], P + j] = merge_weight[j]`` (0 for pruned patches).
-  - ``restore_weight`` (Tensor, shape ``(N,)``): the support of the reconstruct matrix,
-    ``R[P + j, P + assign[j]] = restore_weight[j]`` (0 for pruned patches).
+The dense matrices of the paper are ``M`` of shape ``(P + K, P + N)``, ``R`` of shape
+``(P + N, P + K)`` and the token mask ``t`` of shape ``(P + N,)`` (1 = kept or merged,
+0 = pruned); prefix rows/columns are the identity. ``to_dense_*`` converts exactly.
 
-  The dense matrices of the paper are ``M`` of shape ``(P + K, P + N)``, ``R`` of shape
-  ``(P + N, P + K)`` and the token mask ``t`` of shape ``(P + N,)`` (1 = kept or merged,
-  0 = pruned); prefix rows/columns are the identity. ``to_dense_*`` converts exactly.
-
-Sparse application (:func:`merge_tokens`, :func:`reconstruct_tokens`) costs O(B * N * C) with a
+Sparse application (:func:`merge_tokens`, :func:`restore_patches`) costs O(B * N * C) with a
 scatter-add and a gather; it never forms the dense ``(P + K) x (P + N)`` product.
 """
-import json
-import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-#: epsilon of the official code in the weight denominator and the L2 normalisation (§10)
+from ..errors import ConfigError, StructureError
+from .common import flat_rows, restore_tokens
+
+#: epsilon of the official code in the weight denominator and the L2 normalisation
+#: (``tm_prune_merge_to_center.get_merge_matrix`` / ``tm_prune``)
 EPS = 1e-8
-
-
-class PMStructureError(ValueError):
-    """Raised for an inconsistent compression structure (shapes, group indices, grid)."""
-
-
-class PMConfigError(ValueError):
-    """Raised for bad Prune-and-Merge settings (rates, modes, spans, iterations)."""
 
 
 @dataclass
@@ -58,7 +51,8 @@ class PMStructure:
         centers (Tensor): LongTensor ``(K,)``, patch index of each group's center, increasing.
         merge_weight (Tensor): ``(N,)`` float, support of the merge matrix M (0 where pruned).
         restore_weight (Tensor): ``(N,)`` float, support of the reconstruct matrix R
-            (0 where pruned); :func:`closed_form_restore_weight` gives ``pinv(M)`` (§1.5).
+            (0 where pruned); :func:`closed_form_restore_weight` gives ``pinv(M)``, R's
+            initial value in the paper.
     """
     grid_size: Tuple[int, int]
     assign: Tensor
@@ -102,9 +96,6 @@ class PMStructure:
             assign=self.assign.tolist(),
         )
 
-    def to_json(self) -> str:
-        return json.dumps(self.summary())
-
 
 # --------------------------------------------------------------------------------------------
 # building structures
@@ -124,7 +115,8 @@ def identity_structure(grid_size: Sequence[int], device=None) -> PMStructure:
 
 def merge_to_center_assign(centers: Tensor, grid_size: Sequence[int],
                            official_row_clip: bool = True) -> Tensor:
-    """Group every patch with a center: contiguous raster runs cut at midpoints (§1.4).
+    """Group every patch with a center: contiguous raster runs cut at midpoints ("merge to
+    center", official ``tm_prune_merge_to_center.get_merge_matrix``).
 
     Run ``k`` ends at ``ceil((c_k + c_{k+1}) / 2)`` (a tie goes to the later center), clipped at
     the end of the center's image row; the next run starts where the previous one ended; the
@@ -141,15 +133,15 @@ def merge_to_center_assign(centers: Tensor, grid_size: Sequence[int],
         Tensor: LongTensor ``(N,)`` with the run (group) index of every patch.
 
     Raises:
-        PMStructureError: no center, centers not strictly increasing or out of range.
+        StructureError: no center, centers not strictly increasing or out of range.
     """
     h, w = (int(v) for v in grid_size)
     n = h * w
     c = [int(v) for v in centers.tolist()]
     if not c:
-        raise PMStructureError('a structure needs at least one center (K >= 1)')
+        raise StructureError('a structure needs at least one center (K >= 1)')
     if any(b <= a for a, b in zip(c, c[1:])) or c[0] < 0 or c[-1] >= n:
-        raise PMStructureError(f'centers must be strictly increasing patch indices in [0, {n})')
+        raise StructureError(f'centers must be strictly increasing patch indices in [0, {n})')
     assign = torch.empty(n, dtype=torch.long)
     left = 0
     for k in range(len(c) - 1):
@@ -164,7 +156,8 @@ def merge_to_center_assign(centers: Tensor, grid_size: Sequence[int],
 
 
 def closed_form_restore_weight(assign: Tensor, merge_weight: Tensor) -> Tensor:
-    """Support of ``R = pinv(M)`` for a merge matrix whose rows have disjoint supports (§1.5).
+    """Support of ``R = pinv(M)`` for a merge matrix whose rows have disjoint supports (R's
+    initialisation in the paper; the official code calls ``torch.linalg.pinv``).
 
     ``R[j, k] = M[k, j] / ||M[k, :]||^2`` for patch ``j`` in group ``k``; 0 for pruned patches
     (their column of M is zero). Equals ``torch.linalg.pinv(M)`` on the support.
@@ -188,7 +181,8 @@ def closed_form_restore_weight(assign: Tensor, merge_weight: Tensor) -> Tensor:
 def build_structure(scores: Tensor, center_mask: Tensor, prune_mask: Tensor,
                     grid_size: Sequence[int], official_row_clip: bool = True,
                     eps: float = EPS) -> PMStructure:
-    """Merge-to-center structure from token scores and the center / pruned sets (§1.4, §1.5).
+    """Merge-to-center structure from token scores and the center / pruned sets (official
+    ``tm_prune_merge_to_center.get_merge_matrix``; R = pinv(M) in closed form).
 
     Member ``j`` of the group of center ``c`` gets merge weight ``s_j / (s_c + eps)`` (a
     weighted sum, not an average); the center itself gets exactly 1 (the official code gives
@@ -197,7 +191,8 @@ def build_structure(scores: Tensor, center_mask: Tensor, prune_mask: Tensor,
     ``pinv(M)``.
 
     Args:
-        scores (Tensor): ``(N,)`` non-negative importance of each patch (§3, normalised).
+        scores (Tensor): ``(N,)`` non-negative importance of each patch (normalised
+            gradient-weighted attention scores).
         center_mask (Tensor): bool ``(N,)``, the centers (K = its sum >= 1).
         prune_mask (Tensor): bool ``(N,)``, the pruned patches (disjoint from centers).
         grid_size (tuple[int, int]): ``(H_g, W_g)`` with ``H_g * W_g = N``.
@@ -208,16 +203,16 @@ def build_structure(scores: Tensor, center_mask: Tensor, prune_mask: Tensor,
         PMStructure
 
     Raises:
-        PMStructureError: wrong lengths, no center, or a patch both center and pruned.
+        StructureError: wrong lengths, no center, or a patch both center and pruned.
     """
     h, w = (int(v) for v in grid_size)
     n = h * w
     for name, t in (('scores', scores), ('center_mask', center_mask), ('prune_mask', prune_mask)):
         if t.shape != (n,):
-            raise PMStructureError(f'{name} must have shape ({n},) for grid {h}x{w}, '
+            raise StructureError(f'{name} must have shape ({n},) for grid {h}x{w}, '
                                    f'got {tuple(t.shape)}')
     if bool((center_mask & prune_mask).any()):
-        raise PMStructureError('a patch cannot be both a center and pruned')
+        raise StructureError('a patch cannot be both a center and pruned')
     centers = torch.nonzero(center_mask).flatten()
     assign = merge_to_center_assign(centers, (h, w), official_row_clip)
     s = scores.detach().to(torch.float64).clamp_min(0)
@@ -258,24 +253,11 @@ def select_tokens(scores: Tensor, num_keep: int, num_prune: int) -> Tuple[Tensor
     return center, prune
 
 
-def check_rates(keep_rate: float, prune_rate: float) -> None:
-    """Validate ``keep_rate`` in (0, 1], ``prune_rate`` in [0, 1), their sum <= 1.
-
-    Raises:
-        PMConfigError: with the offending values.
-    """
-    if not (isinstance(keep_rate, (int, float)) and 0 < keep_rate <= 1):
-        raise PMConfigError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
-    if not (isinstance(prune_rate, (int, float)) and 0 <= prune_rate < 1):
-        raise PMConfigError(f'prune_rate must be in [0, 1), got {prune_rate!r}')
-    if keep_rate + prune_rate > 1 + 1e-9:
-        raise PMConfigError(f'keep_rate + prune_rate must be <= 1, got {keep_rate} + {prune_rate}')
-
-
 def structure_from_scores(scores: Tensor, grid_size: Sequence[int], keep_rate: float,
                           prune_rate: float = 0.0, official_row_clip: bool = True) -> PMStructure:
     """Uniform structure of one layer: K = max(1, int(N * keep_rate)) centers, int(N *
-    prune_rate) pruned, the rest merged (official per-layer rule, §3; the global cross-layer
+    prune_rate) pruned, the rest merged (the official per-layer rule of PM-Segmenter's
+    ``tm_prune``; the global cross-layer
     search lives in :mod:`mmseg_pm.compression`).
 
     Args:
@@ -286,9 +268,8 @@ def structure_from_scores(scores: Tensor, grid_size: Sequence[int], keep_rate: f
         official_row_clip (bool): see :func:`merge_to_center_assign`.
 
     Raises:
-        ValueError: rates out of range.
+        ValueError: rates that give no center or more pruned than non-center patches.
     """
-    check_rates(keep_rate, prune_rate)
     n = scores.numel()
     num_keep = max(1, int(n * keep_rate))
     num_prune = min(int(n * prune_rate), n - num_keep)
@@ -296,84 +277,84 @@ def structure_from_scores(scores: Tensor, grid_size: Sequence[int], keep_rate: f
     return build_structure(scores, center, prune, grid_size, official_row_clip)
 
 
-def validate_structure(s: PMStructure, where: str = 'Prune-and-Merge structure') -> None:
-    """Check that a structure is consistent; raise :class:`PMStructureError` if not.
+def validate_groups(grid_size: Sequence[int], assign: Tensor, centers: Tensor,
+                    where: str = 'Prune-and-Merge structure') -> None:
+    """Check the grouping of a structure; raise :class:`StructureError` if inconsistent.
 
-    Checks: ``assign`` is a LongTensor ``(N,)`` with ``N = H_g * W_g`` and values in
-    ``[-1, K)``; ``centers`` is ``(K,)``, K >= 1, strictly increasing patch indices, and each
-    center belongs to its own group (``assign[centers[k]] == k``); weights are finite ``(N,)``.
+    ``assign`` must be a LongTensor ``(N,)`` with ``N = H_g * W_g`` and values in ``[-1, K)``;
+    ``centers`` ``(K,)``, K >= 1, strictly increasing patch indices, each center in its own
+    group (``assign[centers[k]] == k``).
 
     Args:
-        s (PMStructure): the structure.
+        grid_size (tuple[int, int]): ``(H_g, W_g)``.
+        assign (Tensor): see the module docstring.
+        centers (Tensor): see the module docstring.
         where (str): prefix of the error message (which layer / checkpoint entry).
     """
-    h, w = (int(v) for v in s.grid_size)
-    n, k = h * w, s.centers.numel()
-    a, c = s.assign, s.centers
+    h, w = (int(v) for v in grid_size)
+    n, k = h * w, centers.numel()
+    a, c = assign, centers
     if a.dtype != torch.long or c.dtype != torch.long:
-        raise PMStructureError(f'{where}: assign and centers must be int64 tensors')
+        raise StructureError(f'{where}: assign and centers must be int64 tensors')
     if tuple(a.shape) != (n,):
-        raise PMStructureError(f'{where}: assign has shape {tuple(a.shape)}, expected ({n},) '
-                               f'for grid {h}x{w}')
+        raise StructureError(f'{where}: assign has shape {tuple(a.shape)}, expected ({n},) '
+                             f'for grid {h}x{w}')
     if c.dim() != 1 or k < 1:
-        raise PMStructureError(f'{where}: needs at least one center, got centers of shape '
-                               f'{tuple(c.shape)}')
+        raise StructureError(f'{where}: needs at least one center, got centers of shape '
+                             f'{tuple(c.shape)}')
     if bool((a < -1).any()) or bool((a >= k).any()):
-        raise PMStructureError(f'{where}: group indices out of range [-1, {k}) '
-                               f'(min {int(a.min())}, max {int(a.max())})')
+        raise StructureError(f'{where}: group indices out of range [-1, {k}) '
+                             f'(min {int(a.min())}, max {int(a.max())})')
     if bool((c < 0).any()) or bool((c >= n).any()) or bool((c[1:] <= c[:-1]).any()):
-        raise PMStructureError(f'{where}: centers must be strictly increasing indices in '
-                               f'[0, {n})')
+        raise StructureError(f'{where}: centers must be strictly increasing indices in '
+                             f'[0, {n})')
     if not torch.equal(a[c], torch.arange(k, device=a.device)):
-        raise PMStructureError(f'{where}: center k must belong to group k')
+        raise StructureError(f'{where}: center k must belong to group k')
+
+
+def validate_structure(s: PMStructure, where: str = 'Prune-and-Merge structure') -> None:
+    """:func:`validate_groups` plus finite ``(N,)`` merge / restore weights.
+
+    Raises:
+        StructureError: the first inconsistency, prefixed with ``where``.
+    """
+    validate_groups(s.grid_size, s.assign, s.centers, where)
+    n = s.assign.numel()
     for name in ('merge_weight', 'restore_weight'):
         t = getattr(s, name)
         if tuple(t.shape) != (n,):
-            raise PMStructureError(f'{where}: {name} has shape {tuple(t.shape)}, expected '
-                                   f'({n},)')
+            raise StructureError(f'{where}: {name} has shape {tuple(t.shape)}, expected '
+                                 f'({n},)')
         if not bool(torch.isfinite(t).all()):
-            raise PMStructureError(f'{where}: {name} has non-finite values')
+            raise StructureError(f'{where}: {name} has non-finite values')
 
 
-# --------------------------------------------------------------------------------------------
-# dense forms
-# --------------------------------------------------------------------------------------------
-def to_dense_merge(s: PMStructure, num_prefix: int) -> Tensor:
-    """Dense merge matrix M, shape ``(P + K, P + N)``; prefix block is the identity."""
-    p, n, k = num_prefix, s.num_tokens, s.num_groups
-    m = torch.zeros(p + k, p + n, dtype=s.merge_weight.dtype, device=s.merge_weight.device)
-    m[torch.arange(p), torch.arange(p)] = 1
-    kept = torch.nonzero(s.assign >= 0).flatten()
-    m[p + s.assign[kept], p + kept] = s.merge_weight[kept]
-    return m
+def check_spans(spans: Sequence[Sequence[int]], num_layers: int) -> List[Tuple[int, int]]:
+    """Normalise Prune-and-Merge spans: inclusive ``(a, b)`` block pairs, negative indices
+    counted from the end, sorted, not overlapping.
 
-
-def to_dense_restore(s: PMStructure, num_prefix: int) -> Tensor:
-    """Dense reconstruct matrix R, shape ``(P + N, P + K)``; prefix block is the identity."""
-    p, n, k = num_prefix, s.num_tokens, s.num_groups
-    r = torch.zeros(p + n, p + k, dtype=s.restore_weight.dtype, device=s.restore_weight.device)
-    r[torch.arange(p), torch.arange(p)] = 1
-    kept = torch.nonzero(s.assign >= 0).flatten()
-    r[p + kept, p + s.assign[kept]] = s.restore_weight[kept]
-    return r
-
-
-def to_token_mask(s: PMStructure, num_prefix: int) -> Tensor:
-    """Token mask t, float ``(P + N,)``: 1 for prefix and non-pruned patches, 0 for pruned."""
-    prefix = torch.ones(num_prefix, device=s.assign.device)
-    return torch.cat([prefix, (s.assign >= 0).float()])
+    Raises:
+        ConfigError: a span out of range, reversed, or overlapping another.
+    """
+    norm = []
+    for span in spans:
+        span = tuple(span)
+        if len(span) != 2 or not all(-num_layers <= int(v) < num_layers for v in span):
+            raise ConfigError(f'span {span} out of range for {num_layers} layers')
+        a, b = (int(v) % num_layers for v in span)
+        if a > b:
+            raise ConfigError(f'span {span}: start after end')
+        norm.append((a, b))
+    norm.sort()
+    for (a0, b0), (a1, b1) in zip(norm, norm[1:]):
+        if a1 <= b0:
+            raise ConfigError(f'spans ({a0}, {b0}) and ({a1}, {b1}) overlap')
+    return norm
 
 
 # --------------------------------------------------------------------------------------------
 # applying structures
 # --------------------------------------------------------------------------------------------
-def _flat_rows(index: Tensor, batch: int, length: int) -> Tensor:
-    """Row indices ``(L,)`` into a ``length``-token sequence -> ``(batch * L,)`` indices into the
-    ``(batch * length, C)`` view of a contiguous ``(batch, length, C)`` tensor."""
-    offsets = torch.arange(batch, device=index.device) * length
-    return (offsets[:, None] + index[None, :]).reshape(-1)
-
-
 def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
                  num_prefix: int) -> Tensor:
     """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
@@ -409,22 +390,19 @@ def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: in
     z = x.new_zeros(b, p + k, c)
     if p:
         z[:, :p] = x[:, :p]
-    rows = _flat_rows(assign.clamp(min=0) + p, b, p + k)
+    rows = flat_rows(assign.clamp(min=0) + p, b, p + k)
     z.view(b * (p + k), c).index_add_(0, rows, patches.reshape(b * n, c))
     return z
 
 
-def reconstruct_tokens(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
-                       num_prefix: int, prune_mask: Optional[Tensor] = None) -> Tensor:
+def restore_patches(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
+                    num_prefix: int, prune_mask: Optional[Tensor] = None) -> Tensor:
     """Sparse ``y = R z + (1 - t) * x``: restore ``(B, P + K, C)`` tokens to ``(B, P + N, C)``.
 
     Prefix tokens come from ``z``; patch ``j`` gets ``restore_weight[j] * z[P + assign[j]]``;
-    pruned patches get their block input ``shortcut`` unchanged (§1.3).
-
-    Cost: one gather of ``B * (P + N)`` rows of ``C`` values and one in-place scaling; pruned
-    rows are then copied from ``shortcut``. When autograd records (grad enabled and an input
-    requires grad) or while exporting to ONNX the scaling and the shortcut are applied out of
-    place instead (``y * w + shortcut * (1 - t)``).
+    pruned patches get their block input ``shortcut`` unchanged (the paper's shortcut for
+    pruned tokens; official ``tmvit.py`` Block forward). One gather, one scaling, a copy of
+    the pruned rows (:func:`mmseg_pm.functional.common.restore_tokens`).
 
     Args:
         z (Tensor): ``(B, P + K, C)`` block output in the compressed space.
@@ -432,61 +410,10 @@ def reconstruct_tokens(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weig
         assign (Tensor): LongTensor ``(N,)``.
         restore_weight (Tensor): ``(N,)``, zero where pruned (or masked by the caller).
         num_prefix (int): P.
-        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None (then
-            a host sync checks whether anything is pruned).
+        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
 
     Returns:
         Tensor: ``(B, P + N, C)`` (contiguous).
     """
-    b, pk, c = z.shape
-    p, n = num_prefix, assign.numel()
-    rows = assign.clamp(min=0) + p
-    weight = restore_weight.to(z.dtype)
-    if p:
-        rows = torch.cat([torch.arange(p, device=rows.device), rows])
-        weight = torch.cat([weight.new_ones(p), weight])
-    y = z.reshape(b * pk, c).index_select(0, _flat_rows(rows, b, pk)).view(b, p + n, c)
-    if prune_mask is None:
-        prune_mask = assign < 0
-        if not bool(prune_mask.any()):
-            prune_mask = None
-    record = torch.is_grad_enabled() and (z.requires_grad or shortcut.requires_grad
-                                          or restore_weight.requires_grad)
-    if record or torch.onnx.is_in_onnx_export():  # out of place (autograd, ONNX graphs)
-        y = y * weight[None, :, None]
-        if prune_mask is not None:
-            mask = torch.cat([prune_mask.new_zeros(p), prune_mask]).to(z.dtype)
-            y = y + shortcut * mask[None, :, None]
-        return y
-    y.mul_(weight[None, :, None])
-    if prune_mask is not None:
-        # same result dtype as ``y + shortcut * mask`` (mixed precision)
-        y = y.to(torch.promote_types(y.dtype, shortcut.dtype))
-        if y.is_cuda:  # no host sync
-            y = torch.where(torch.cat([prune_mask.new_zeros(p), prune_mask])[None, :, None],
-                            shortcut.to(y.dtype), y)
-        else:  # CPU: copy the pruned rows only
-            pos = _flat_rows(torch.nonzero(prune_mask).flatten() + p, b, p + n)
-            y.view(b * (p + n), c).index_copy_(
-                0, pos, shortcut.reshape(b * (p + n), c).index_select(0, pos).to(y.dtype))
-    return y
-
-
-def merge_tokens_dense(x: Tensor, merge_matrix: Tensor) -> Tensor:
-    """Dense ``z = M x`` on the token dim: ``(P+K, P+N) @ (B, P+N, C) -> (B, P+K, C)``."""
-    return torch.matmul(merge_matrix.to(x.dtype), x)
-
-
-def reconstruct_tokens_dense(z: Tensor, shortcut: Tensor, restore_matrix: Tensor,
-                             token_mask: Tensor) -> Tensor:
-    """Dense ``y = R z + (1 - t) * x``: ``(B, P+K, C) -> (B, P+N, C)`` (§1.3)."""
-    return (torch.matmul(restore_matrix.to(z.dtype), z)
-            + shortcut * (1 - token_mask.to(z.dtype))[None, :, None])
-
-
-def grid_from_num_tokens(num_tokens: int) -> Tuple[int, int]:
-    """Square grid ``(sqrt(N), sqrt(N))``; raises ValueError if N is not a square."""
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f'{num_tokens} tokens do not form a square grid; give grid_size')
-    return side, side
+    return restore_tokens(z, assign, num_prefix, weight=restore_weight, shortcut=shortcut,
+                          dropped=prune_mask)

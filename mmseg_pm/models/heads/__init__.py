@@ -1,0 +1,3 @@
+from .segmenter_mask_head import FusedSegmenterMaskTransformerHead
+
+__all__ = ['FusedSegmenterMaskTransformerHead']
