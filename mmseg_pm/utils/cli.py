@@ -1,7 +1,11 @@
 """Command-line plumbing shared by ``tools/*.py``: one-line errors, argument helpers."""
+import argparse
+import os
 import os.path as osp
 import sys
 from typing import Callable, Optional, Sequence, Tuple
+
+from mmengine.config import DictAction
 
 from ..errors import MMSegPMError, UserError
 
@@ -19,10 +23,85 @@ def run_cli(main: Callable[[], Optional[int]]) -> None:
     except (MMSegPMError, FileNotFoundError) as e:
         if debug:
             raise
-        message = ' '.join(str(e).split()) or type(e).__name__
-        print(f'error: {message}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001  (a user error raised in a DataLoader worker)
+        if debug or not _from_worker(e):
+            raise
+        print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def _from_worker(e: BaseException) -> bool:
+    """True for a :class:`MMSegPMError` re-raised by a PyTorch DataLoader worker (which wraps
+    the original message and traceback into a new exception of the same class)."""
+    return isinstance(e, MMSegPMError) or 'in DataLoader worker process' in str(e) and any(
+        line.startswith('mmseg_pm.errors.') for line in str(e).splitlines())
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (for a DataLoader worker's re-raise: the original
+    error's message, without the worker's traceback)."""
+    text = str(e)
+    if 'in DataLoader worker process' in text:
+        for line in reversed(text.splitlines()):
+            if line.startswith('mmseg_pm.errors.'):
+                text = line.split(': ', 1)[-1]
+                break
+    return ' '.join(text.split()) or type(e).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error: ...`` line (exit 2)."""
+
+    def error(self, message: str):
+        print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+        sys.exit(2)
+
+
+class ConfigOptions(DictAction):
+    """mmengine's ``DictAction`` for ``--cfg-options key=value ...`` that reports a token
+    without ``=`` as a usage error instead of a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values or [] if '=' not in v]
+        if bad:
+            parser.error(f'{option_string} takes key=value pairs (mmseg syntax, e.g. '
+                         f'train_dataloader.batch_size=2), got {bad[0]!r}')
+        super().__call__(parser, namespace, values, option_string)
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """Raise UserError unless ``path`` is, or can be created as, a writable directory.
+
+    Nothing is created: the first existing ancestor must be a writable directory.
+    """
+    path = osp.abspath(path)
+    probe = path
+    while not osp.exists(probe):
+        parent = osp.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not osp.isdir(probe):
+        raise UserError(f'{what} {path}: {probe} is a file, not a directory')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f'{what} {path} is not writable ({probe}: permission denied); '
+                        f'choose another location')
+
+
+def check_output_file(path: str, what: str = 'output file', inputs: Sequence[str] = ()) -> None:
+    """Raise UserError unless ``path`` can be written: its folder writable, not a directory,
+    not one of ``inputs`` (which would be overwritten)."""
+    if osp.isdir(path):
+        raise UserError(f'{what} {path} is a directory; give a file name')
+    for src in inputs:
+        if src and osp.exists(src) and osp.exists(path) and osp.samefile(src, path) or \
+                src and osp.abspath(src) == osp.abspath(path):
+            raise UserError(f'{what} {path} is the input {src}; it would be overwritten: '
+                            f'give another path')
+    check_writable_dir(osp.dirname(osp.abspath(path)), f'the folder of {what}')
 
 
 def parse_shape(shape: Optional[Sequence[int]]) -> Optional[Tuple[int, int]]:
@@ -53,4 +132,5 @@ def quiet_logging(level: str = 'WARNING') -> None:
     MMLogger.get_instance('mmseg_pm_tools', log_level=level)
 
 
-__all__ = ['run_cli', 'parse_shape', 'config_name', 'quiet_logging']
+__all__ = ['run_cli', 'one_line', 'ArgumentParser', 'ConfigOptions', 'check_writable_dir',
+           'check_output_file', 'parse_shape', 'config_name', 'quiet_logging']

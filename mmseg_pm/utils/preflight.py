@@ -50,8 +50,50 @@ def _describe(path: str) -> str:
 
 
 def check_config_path(path: str) -> None:
+    """Raise UserError unless ``path`` is an existing file."""
     if not osp.isfile(path):
         raise UserError(f'config file not found: {path} (looked in {osp.abspath(path)})')
+
+
+def read_config(path: str, cfg_options: Optional[dict] = None):
+    """Read an MMEngine config file and apply ``--cfg-options`` overrides.
+
+    A ``data_root=...`` override is applied to the train / val / test dataloaders too (the
+    top-level ``data_root`` variable is substituted when the file is read, so overriding it
+    alone would change nothing).
+
+    Raises:
+        UserError: the file is missing, empty, or does not parse (file and reason named).
+    """
+    from mmengine.config import Config
+    check_config_path(path)
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as e:  # noqa: BLE001  (any parse error of a user file: name it)
+        line = getattr(e, 'lineno', None)
+        where = f'{osp.abspath(path)}' + (f', line {line}' if line else '')
+        raise UserError(f'cannot read config {where}: {type(e).__name__}: '
+                        f'{str(e).splitlines()[0] if str(e) else ""}') from None
+    if not cfg.get('model'):
+        raise UserError(f'config {osp.abspath(path)} defines no model (empty or not an mmseg '
+                        f'config?)')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+        if 'data_root' in cfg_options:
+            set_data_root(cfg, cfg_options['data_root'])
+    return cfg
+
+
+def set_data_root(cfg, root: str) -> None:
+    """Point the train / val / test datasets (also inside dataset wrappers) at ``root``."""
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        dataset = loader.get('dataset') if loader else None
+        while dataset is not None and 'dataset' in dataset and 'data_root' not in dataset:
+            dataset = dataset['dataset']
+        if dataset is not None:
+            dataset['data_root'] = root
+    cfg.data_root = root
 
 
 def check_checkpoint(path: str, what: str, hint: str = '') -> None:
