@@ -57,6 +57,7 @@ def window_similarity(patches: Tensor, grid: Sequence[int], window: int = 2) -> 
 
     ``score_w = mean over the w^2 (w^2 - 1) / 2 distinct pairs (i, j) of window w of
     cos(x_i, x_j)``, windows non-overlapping, in raster order of the window grid.
+    Protected tokens: none here; pass the patch tokens only (prefix removed).
 
     Args:
         patches (Tensor): ``(B, n, C)`` patch tokens only (no prefix), raster order on the grid.

@@ -245,6 +245,8 @@ def merge_weighted(x: Tensor, size: Optional[Tensor],
     sources ``i``; unmerged tokens are copied exactly; sizes add up. Output order: unmerged A
     tokens in increasing position (prefix first), then all B tokens in order; images with fewer
     tokens are padded at the end with zero rows of size 0. Differentiable w.r.t. ``x``.
+    Protected tokens: the matching never makes a prefix or padding row a source or a
+    destination, so the prefix is copied unchanged to the front and padding is left out.
 
     Args:
         x (Tensor): ``(B, L, C)`` tokens (``L = P + n``).
