@@ -8,4 +8,7 @@ No ``nn.Module``, no registry, no mmseg import (the role of ToMe's ``merge.py``)
 * a reduction step returns a :class:`~mmseg_pm.functional.common.Reduction`: the reduced
   tokens, their sizes (how many original patches each stands for) and, for every input patch
   token, the reduced token that carries it (``-1``: dropped; restored from the step's input).
+
+Modules: :mod:`.common` (the record, restoring, shared helpers), :mod:`.tome` (ToMe),
+:mod:`.evit` (EViT), :mod:`.algm` (ALGM) and :mod:`.mstm` (MSTM, a reconstruction).
 """

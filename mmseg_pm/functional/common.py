@@ -1,8 +1,13 @@
 """Helpers shared by the token-reduction methods: the reduction record, restoring, patch grids."""
+import math
+from decimal import Decimal
+from numbers import Integral, Real
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from ..errors import ConfigError, StructureError
 
 
 class Reduction(NamedTuple):
@@ -136,3 +141,131 @@ def patch_grid(size: Sequence[int], patch_size: int) -> Tuple[int, int]:
     (mmseg's ``PatchEmbed`` pads the bottom / right edge to whole patches)."""
     h, w = (int(v) for v in size)
     return -(-h // patch_size), -(-w // patch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers of the peer methods (ToMe, EViT, ALGM, MSTM)
+# --------------------------------------------------------------------------------------------
+
+
+def check_tokens(x: Tensor, num_prefix: int, size: Optional[Tensor] = None) -> int:
+    """Check ``(B, P + n, C)`` tokens (and ``(B, P + n)`` sizes) and return ``n``.
+
+    Raises:
+        ConfigError: ``num_prefix`` is not a non-negative int.
+        StructureError: ``x`` is not 3-d, has fewer than ``P`` rows, or ``size`` has another
+            shape than ``x.shape[:2]``.
+    """
+    if not isinstance(num_prefix, Integral) or isinstance(num_prefix, bool) or num_prefix < 0:
+        raise ConfigError(f'num_prefix must be a non-negative int, got {num_prefix!r}')
+    if x.dim() != 3:
+        raise StructureError(f'tokens must be (B, P + n, C), got shape {tuple(x.shape)}')
+    if x.shape[1] < num_prefix:
+        raise StructureError(f'{x.shape[1]} tokens cannot hold {num_prefix} prefix tokens')
+    if size is not None and tuple(size.shape) != tuple(x.shape[:2]):
+        raise StructureError(f'size must be (B, P + n) = {tuple(x.shape[:2])}, '
+                             f'got {tuple(size.shape)}')
+    return x.shape[1] - int(num_prefix)
+
+
+def ones_size(x: Tensor) -> Tensor:
+    """``(B, L)`` sizes of all ones for ``(B, L, C)`` tokens (float32, or float64 for float64
+    tokens: half precision cannot count patches exactly)."""
+    dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
+    return torch.ones(x.shape[:2], dtype=dtype, device=x.device)
+
+
+def identity_reduction(x: Tensor, size: Optional[Tensor], num_prefix: int) -> Reduction:
+    """The reduction that changes nothing: ``x`` and ``size`` as given, ``index[j] = j``.
+
+    Padding rows of the input (size 0) get ``-1``: they carry no patch, and restoring them from
+    the shortcut gives back the zero row.
+    """
+    b, length = x.shape[:2]
+    n = length - num_prefix
+    index = torch.arange(n, device=x.device).expand(b, n).clone()
+    if size is not None:
+        index = index.masked_fill(size[:, num_prefix:] <= 0, -1)
+    return Reduction(x, size, index)
+
+
+def keep_count(n: int, rate: float, name: str = 'keep_rate') -> int:
+    """``ceil(rate * n)``, the kept-token count of EViT and MSTM.
+
+    ``rate`` is read as the decimal it prints as (``Decimal(repr(rate))``), so that e.g.
+    ``0.07 * 100`` gives 7 and not the 8 of the binary product ``7.000000000000001``.
+
+    Raises:
+        ConfigError: ``rate`` not a finite real in ``(0, 1]``, or ``n`` negative.
+    """
+    if (not isinstance(rate, Real) or isinstance(rate, bool) or not math.isfinite(rate)
+            or not 0 < rate <= 1):
+        raise ConfigError(f'{name} must be a finite number in (0, 1], got {rate!r}')
+    if not isinstance(n, Integral) or n < 0:
+        raise ConfigError(f'token count must be a non-negative int, got {n!r}')
+    return int(math.ceil(Decimal(repr(float(rate))) * int(n)))
+
+
+def merge_into_slots(x: Tensor, slot: Tensor, num_slots: int, weight: Optional[Tensor] = None,
+                     size: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """Gather or average the rows of ``x`` into ``num_slots`` output rows.
+
+    Row ``i`` of image ``b`` goes to output row ``slot[b, i]`` (``-1``: the row is not used,
+    e.g. padding or a dropped token). An output row with one member is an exact copy of it; an
+    output row with several members is their weighted average ``sum(w x) / sum(w)`` (the
+    size-weighted average of ToMe when ``weight`` is the sizes; a plain mean where a group's
+    weights sum to 0); an output row with no member is a zero row (padding). Gradients reach
+    ``x`` (and ``weight``); ``slot`` is an index.
+
+    Args:
+        x (Tensor): ``(B, L, C)``.
+        slot (Tensor): LongTensor ``(B, L)`` in ``[-1, num_slots)``.
+        num_slots (int): number of output rows.
+        weight (Tensor, optional): ``(B, L)`` non-negative averaging weights (default: ones).
+        size (Tensor, optional): ``(B, L)`` sizes, summed per output row.
+
+    Returns:
+        tuple: ``(B, num_slots, C)`` merged rows and ``(B, num_slots)`` summed sizes (None when
+        ``size`` is None).
+    """
+    b, length, c = x.shape
+    unused = slot < 0
+    slot = torch.where(unused, num_slots, slot)  # one extra row collects the unused rows
+    m = num_slots + 1
+    count = torch.zeros(b, m, dtype=torch.long, device=x.device).scatter_add(
+        1, slot, torch.ones_like(slot))[:, :num_slots]
+    positions = torch.arange(length, device=x.device).expand(b, length)
+    first = torch.full((b, m), length, dtype=torch.long, device=x.device).scatter_reduce(
+        1, slot, positions, 'amin')[:, :num_slots]
+    copy = x.gather(1, first.clamp(max=max(length - 1, 0))[..., None].expand(b, num_slots, c))
+    multi = count > 1
+    out = copy
+    if bool(multi.any()):
+        wd = torch.promote_types(x.dtype, torch.float32)
+        w = torch.ones(b, length, dtype=wd, device=x.device) if weight is None else weight.to(wd)
+        w = torch.where(unused, 0, w)
+        xs = x.to(wd)
+        rows = slot[..., None].expand(b, length, c)
+        num = torch.zeros(b, m, c, dtype=wd, device=x.device).scatter_add(
+            1, rows, xs * w[..., None])[:, :num_slots]
+        den = torch.zeros(b, m, dtype=wd, device=x.device).scatter_add(1, slot, w)[:, :num_slots]
+        flat = multi & (den <= 0)
+        if bool(flat.any()):  # weights summing to 0: plain mean of the group
+            num = torch.where(flat[..., None], torch.zeros(b, m, c, dtype=wd, device=x.device)
+                              .scatter_add(1, rows, xs)[:, :num_slots], num)
+            den = torch.where(flat, count.to(wd), den)
+        avg = num / torch.where(multi, den, 1)[..., None]
+        out = torch.where(multi[..., None], avg.to(x.dtype), copy)
+    out = out.masked_fill((count == 0)[..., None], 0)
+    new_size = None
+    if size is not None:
+        new_size = torch.zeros(b, m, dtype=size.dtype, device=size.device).scatter_add(
+            1, slot, size)[:, :num_slots]
+    return out, new_size
+
+
+def slots_to_index(slot: Tensor, num_prefix: int) -> Tensor:
+    """``(B, P + n)`` output rows of every input row -> the ``(B, n)`` patch ``index`` of a
+    :class:`Reduction` (``-1`` kept)."""
+    patch = slot[:, num_prefix:]
+    return torch.where(patch < 0, -1, patch - num_prefix)
