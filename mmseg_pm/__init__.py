@@ -12,6 +12,6 @@ from .version import __version__
 
 compat.apply()
 
-from . import engine, models  # noqa: E402,F401  (register into mmseg's MODELS / HOOKS)
+from . import datasets, engine, models  # noqa: E402,F401  (register into mmseg's registries)
 
-__all__ = ['__version__', 'models', 'engine']
+__all__ = ['__version__', 'models', 'engine', 'datasets']

@@ -3,8 +3,8 @@
 # with 4 scoring iterations, then finetune it with self-distillation for 10 iterations.
 _base_ = ['../pm_segmenter_vit-s_ade20k.py']
 data_root = 'data/ade20k_sample/ADEChallengeData2016'
-model = dict(backbone=dict(pm_cfg=dict(score_iters=4)))
 load_from = 'work_dirs/demo/baseline/iter_20.pth'
+custom_hooks = [dict(type='PMCompressHook', keep_rate=0.6, prune_rate=0.1, score_iters=4)]
 train_dataloader = dict(
     batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))

@@ -6,9 +6,10 @@ data_root = 'data/ade20k_sample/ADEChallengeData2016'
 crop_size = (256, 256)
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(img_size=crop_size, drop_path_rate=0.0, pm_cfg=dict(score_iters=2)),
+    backbone=dict(img_size=crop_size, drop_path_rate=0.0),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(192, 192)))
 load_from = None
+custom_hooks = [dict(type='PMCompressHook', keep_rate=0.6, prune_rate=0.1, score_iters=2)]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),

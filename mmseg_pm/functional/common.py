@@ -50,7 +50,8 @@ def restore_tokens(z: Tensor, index: Tensor, num_prefix: int, weight: Optional[T
 
     ``y[:, :P] = z[:, :P]``; patch ``j`` gets ``weight[j] * z[:, P + index[j]]`` (a copy when
     ``weight`` is None); a dropped patch (``index[j] = -1``) gets ``shortcut[:, P + j]``, its
-    value before the step. This is Prune-and-Merge's ``y = R z + (1 - t) x`` with R's support
+    value before the step (a zero row when ``shortcut`` is None: padding rows of per-image
+    token counts carry no patch). This is Prune-and-Merge's ``y = R z + (1 - t) x`` with R's support
     ``weight`` (Mao et al., IEEE TMM 2025, arXiv 2503.23455, the reconstruct matrix R and token
     mask t) and ToMe's unmerge by copying (Bolya et al., ICLR 2023, arXiv 2210.09461).
 
@@ -64,16 +65,14 @@ def restore_tokens(z: Tensor, index: Tensor, num_prefix: int, weight: Optional[T
         index (Tensor): LongTensor ``(n,)`` shared by the batch or ``(B, n)`` per image.
         num_prefix (int): P.
         weight (Tensor, optional): ``(n,)`` per-patch factor, zero where dropped.
-        shortcut (Tensor, optional): ``(B, P + n, C)`` input of the step; needed when a patch
-            is dropped.
+        shortcut (Tensor, optional): ``(B, P + n, C)`` input of the step, the value of dropped
+            patches (zeros when None).
         dropped (Tensor, optional): bool ``(n,)`` or ``(B, n)``, ``index < 0``; computed when
             None (then a host sync checks whether anything is dropped).
 
     Returns:
         Tensor: ``(B, P + n, C)`` (contiguous).
 
-    Raises:
-        ValueError: a dropped patch without ``shortcut``.
     """
     b, pk, c = z.shape
     p, n = num_prefix, index.shape[-1]
@@ -86,7 +85,7 @@ def restore_tokens(z: Tensor, index: Tensor, num_prefix: int, weight: Optional[T
         if not bool(dropped.any()):
             dropped = None
     if dropped is not None and shortcut is None:
-        raise ValueError('restore_tokens: dropped tokens need the shortcut (the step input)')
+        shortcut = z.new_zeros(b, p + n, c)
     if weight is not None:
         weight = torch.cat([weight.new_ones(p), weight]).to(z.dtype)[None, :, None]
     record = torch.is_grad_enabled() and (z.requires_grad or (

@@ -3,11 +3,11 @@ from .backbones import CompressedTokens, PruneMergeViT, TokenReductionViT
 from .heads import FusedSegmenterMaskTransformerHead
 from .layers import FusedMultiheadAttention
 from .necks import TokenReconstructNeck
-from .reducers import PruneMerge, PruneMergeUnit, TokenReducer
+from .reducers import ALGM, MSTM, EViT, PruneMerge, PruneMergeUnit, ToMe, TokenReducer
 from .segmentors import PMDistillEncoderDecoder
 
 __all__ = [
     'TokenReductionViT', 'PruneMergeViT', 'CompressedTokens', 'FusedMultiheadAttention',
     'FusedSegmenterMaskTransformerHead', 'TokenReconstructNeck', 'TokenReducer', 'PruneMerge',
-    'PruneMergeUnit', 'PMDistillEncoderDecoder'
+    'PruneMergeUnit', 'ToMe', 'EViT', 'ALGM', 'MSTM', 'PMDistillEncoderDecoder'
 ]

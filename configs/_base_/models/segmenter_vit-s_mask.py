@@ -1,5 +1,8 @@
 # Segmenter Mask ViT-S/16 (Strudel et al., ICCV 2021) as in mmseg's
-# configs/_base_/models/segmenter_vit-b16_mask.py + segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py.
+# configs/_base_/models/segmenter_vit-b16_mask.py + segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py,
+# with fused attention (F.scaled_dot_product_attention) in the backbone and the mask head: same
+# parameters, checkpoints and outputs (within float rounding) as mmseg's VisionTransformer /
+# SegmenterMaskTransformerHead. TokenReductionViT without token_reduction is mmseg's ViT.
 # The backbone starts from the AugReg ImageNet-21k ViT-S/16@384 weights converted by mmseg
 # (a local file: no downloads at run time; see README "Pretrained weights").
 checkpoint = 'checkpoints/vit_small_p16_384_20220308-410f6037.pth'
@@ -17,7 +20,7 @@ model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=checkpoint,
     backbone=dict(
-        type='VisionTransformer',
+        type='TokenReductionViT',
         img_size=(512, 512),
         patch_size=16,
         in_channels=3,
@@ -32,7 +35,7 @@ model = dict(
         with_cls_token=True,
         interpolate_mode='bicubic'),
     decode_head=dict(
-        type='SegmenterMaskTransformerHead',
+        type='FusedSegmenterMaskTransformerHead',
         in_channels=384,
         channels=384,
         num_classes=150,

@@ -187,17 +187,22 @@ class TokenReductionViT(VisionTransformer):
 
     def _embed(self, inputs: Tensor, reducer: Optional[TokenReducer]):
         """mmseg's embedding (patches, CLS, position, pre-norm) with the reducer's
-        :meth:`~TokenReducer.on_embed` applied to the patch embeddings."""
+        :meth:`~TokenReducer.on_embed` applied to the patch embeddings.
+
+        Returns:
+            tuple: tokens ``(B, P + N, C)``, ``hw_shape`` and the new :class:`ReductionContext`.
+        """
         x, hw_shape = self.patch_embed(inputs)
+        ctx = ReductionContext(int(self.with_cls_token), hw_shape, self.record_groups)
         if reducer is not None:
-            x = reducer.on_embed(x, inputs)
+            x = reducer.on_embed(x, inputs, ctx)
         cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)
         x = self._pos_embeding(torch.cat((cls_tokens, x), dim=1), hw_shape, self.pos_embed)
         if not self.with_cls_token:
             x = x[:, 1:]
         if self.pre_norm:
             x = self.pre_ln(x)
-        return x, hw_shape
+        return x, hw_shape, ctx
 
     def forward(self, inputs: Tensor):
         """Args: inputs (Tensor): ``(B, 3, H, W)``.
@@ -217,8 +222,7 @@ class TokenReductionViT(VisionTransformer):
         out_grid = None
         if grid is not None:
             inputs, out_grid = self._pad_to(inputs, grid)
-        x, hw_shape = self._embed(inputs, reducer)
-        ctx = ReductionContext(int(self.with_cls_token), hw_shape, self.record_groups)
+        x, hw_shape, ctx = self._embed(inputs, reducer)
         fmt = partial(self._format_output, hw_shape=hw_shape, crop=out_grid or hw_shape)
         outs = [fmt(x)] if self.out_origin else []
         post_attn = reducer.post_attn_blocks if reducer is not None else set()

@@ -31,6 +31,7 @@ class ReductionContext:
             per-image counts, the padded length), for summaries.
         groups (list | None): when a list, every step appends ``(block, source)`` (for
             pictures of the token groups).
+        extra (dict): what a reducer hands from one of its hooks to a later one.
     """
 
     def __init__(self, num_prefix: int, grid: Tuple[int, int], record_groups: bool = False):
@@ -42,6 +43,7 @@ class ReductionContext:
         self.source: Optional[Tensor] = None
         self.token_counts: List[int] = []
         self.groups: Optional[list] = [] if record_groups else None
+        self.extra: dict = {}
         self._bias_key = None
         self._bias = None
 
@@ -179,8 +181,9 @@ class TokenReducer(BaseModule):
         return None
 
     # -- hooks (identity by default) ----------------------------------------------------------
-    def on_embed(self, patches: Tensor, inputs: Tensor) -> Tensor:
-        """``(B, N, C)`` patch embeddings, before the position embedding."""
+    def on_embed(self, patches: Tensor, inputs: Tensor, ctx: ReductionContext) -> Tensor:
+        """``(B, N, C)`` patch embeddings of ``inputs`` ``(B, 3, H, W)``, before the position
+        embedding."""
         return patches
 
     def pre_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
