@@ -1,30 +1,33 @@
 """Train a segmentor (mmseg 1.x ``tools/train.py`` CLI; adds pre-flight checks).
 
-Usage: python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp]
-       [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+Usage: python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp] [--data-root DIR]
+       [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--debug]
+
+Everything that can be checked before training (files, data, settings, load_from against the
+model) is checked before MMEngine writes anything: bad input stops with one ``error:`` line
+and exit code 2 (``--debug`` shows its traceback).
 """
-import argparse
 import logging
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from mmseg_pm.utils import run_cli
-from mmseg_pm.utils.preflight import check_config_path, check_train
-from mmseg_pm.utils.runtime import check_val_cfg_fits, prepare_cfg
+from mmseg_pm.compat import prepare_cfg
+from mmseg_pm.utils.cli import ArgumentParser, ConfigOptions, run_cli
+from mmseg_pm.utils.preflight import read_config, set_data_root
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser = ArgumentParser(description='Train a segmentor')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--resume', action='store_true', default=False,
                         help='resume from the latest checkpoint in the work_dir automatically')
     parser.add_argument('--amp', action='store_true', default=False,
-                        help='enable automatic-mixed-precision training')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='enable automatic-mixed-precision training (GPU)')
+    parser.add_argument('--data-root', help='data root of the train, val and test datasets')
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override settings in the config, xxx=yyy format (mmseg syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -37,11 +40,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    check_config_path(args.config)
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
@@ -51,14 +53,13 @@ def main():
             print_log('AMP training is already enabled in your config.', logger='current',
                       level=logging.WARNING)
         else:
-            assert cfg.optim_wrapper.type == 'OptimWrapper', (
-                '`--amp` is only supported when the optimizer wrapper type is `OptimWrapper`')
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
     prepare_cfg(cfg)
-    check_train(cfg)
-    check_val_cfg_fits(cfg)
+
+    from mmseg_pm.engine.preflight import check_train_run
+    check_train_run(cfg)
 
     from mmengine.runner import Runner
     from mmseg.registry import RUNNERS

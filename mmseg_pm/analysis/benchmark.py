@@ -289,17 +289,22 @@ def _batch_of(x: Tensor, batch: int) -> Tensor:
     return (x.repeat(reps, 1, 1, 1) if reps > 1 else x)[:batch].contiguous()
 
 
+def _counted_total(f: dict) -> float:
+    """FLOPs with the reduction ops counted; the mean over images for per-image methods."""
+    per_image = f.get('per_image')
+    return per_image['mean'] * 1e9 if per_image else f['flops_mr_counted']['total']
+
+
 def _flops_fields(flops: Optional[Dict[str, dict]], ref: str, name: str) -> dict:
     out = dict(gflops_mr_counted=None, gflops_mr_not_counted=None, gflops_ratio=None,
                efficiency=None)
     if not flops or name not in flops:
         return out
     f = flops[name]
-    out.update(gflops_mr_counted=gflops(f['flops_mr_counted']['total']),
+    out.update(gflops_mr_counted=gflops(_counted_total(f)),
                gflops_mr_not_counted=gflops(f['flops_mr_not_counted']['total']))
     if ref in flops:
-        out['gflops_ratio'] = (flops[ref]['flops_mr_counted']['total']
-                               / f['flops_mr_counted']['total'])
+        out['gflops_ratio'] = _counted_total(flops[ref]) / _counted_total(f)
     return out
 
 

@@ -164,7 +164,7 @@ def check_tokens(x: Tensor, num_prefix: int, size: Optional[Tensor] = None) -> i
     if size is not None and tuple(size.shape) != tuple(x.shape[:2]):
         raise StructureError(f'size must be (B, P + n) = {tuple(x.shape[:2])}, '
                              f'got {tuple(size.shape)}')
-    return x.shape[1] - int(num_prefix)
+    return int(x.shape[1]) - int(num_prefix)
 
 
 def ones_size(x: Tensor) -> Tensor:

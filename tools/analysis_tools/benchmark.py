@@ -1,35 +1,35 @@
-"""Latency / throughput of a (compressed) segmentor against its baseline, on real images.
+"""Latency / throughput of token-reduction models against mmseg's stock model and our
+uncompressed model, on real images, all interleaved in one run.
 
 Usage:
   python tools/analysis_tools/benchmark.py CONFIG [CHECKPOINT] --baseline BASE_CONFIG
-         [BASE_CHECKPOINT] [--batch-sizes 1 8] [--warmup N] [--iters N] [--repeat K]
-         [--precision fp32 [bf16 ...]] [--device cpu|cuda] [--threads T] [--shape H W]
-         [--keep-rate R [--prune-rate P]] [--data-root DIR] [--out result.json]
-         [--cfg-options k=v ...]
+         [BASE_CHECKPOINT] [--also CONFIG [CHECKPOINT]] ... [--batch-sizes 1 8]
+         [--warmup N] [--iters N] [--repeat K] [--precision fp32 [bf16 ...]] [--compile]
+         [--device cpu|cuda] [--threads T] [--shape H W] [--keep-rate R [--prune-rate P]]
+         [--data-root DIR] [--out result.json] [--cfg-options k=v ...]
 
-Times the segmentor's tensor-mode forward (eval, torch.no_grad) of both models on the same
-real test-set images (resized to the crop, pre-processed before timing), the two models
-interleaved in ABBA order; prints the protocol and a markdown table (latency median / IQR,
-throughput, speed-up, GFLOPs both conventions, GFLOPs ratio, efficiency = speed-up / GFLOPs
-ratio, share of time in the Prune-and-Merge ops, peak memory) and writes everything as JSON
-with --out. Without checkpoints the weights are random (timing does not depend on them);
---keep-rate compresses CONFIG with a uniform structure from random scores when no compressed
-checkpoint exists (labelled as an estimate in every output).
+Rows: (a) mmseg's stock model of BASE_CONFIG (explicit attention), (b) the same weights in our
+backbone without reduction (fused attention), (c) CONFIG and every --also config. Speed-up =
+(b) latency / row latency (the token-reduction speed-up), speed-up vs mmseg stock = (a) / row
+(what a user gains by switching), GFLOPs ratio = (b) GFLOPs / row GFLOPs, efficiency =
+speed-up / GFLOPs ratio; plus the share of the forward spent in reduction ops and peak memory.
+Models without a checkpoint take BASE_CHECKPOINT's weights (random without one: timing does
+not depend on them); a Prune-and-Merge model without a compressed checkpoint needs
+--keep-rate (a uniform structure from random scores, labelled as an estimate).
 """
-import argparse
-
-from mmengine.config import DictAction
-
-from mmseg_pm.utils import UserError, run_cli, save_json
+from mmseg_pm.utils.cli import (ArgumentParser, ConfigOptions, check_output_file, parse_shape,
+                                quiet_logging, run_cli)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Benchmark a segmentor against its baseline')
+    parser = ArgumentParser(description='Benchmark token-reduction models against baselines')
     parser.add_argument('config', help='config of the (compressed) model')
     parser.add_argument('checkpoint', nargs='?', help='its checkpoint (optional)')
     parser.add_argument('--baseline', nargs='+', required=True,
                         metavar=('BASE_CONFIG', 'BASE_CHECKPOINT'),
-                        help='baseline config [and checkpoint]')
+                        help='uncompressed config [and checkpoint]: rows (a) and (b)')
+    parser.add_argument('--also', nargs='+', action='append', default=[],
+                        metavar=('CONFIG', 'CHECKPOINT'), help='another model to interleave')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--warmup', type=int, default=3, help='untimed forwards per model and '
                         'setting (default 3)')
@@ -37,49 +37,71 @@ def parse_args():
                         'round (default 10)')
     parser.add_argument('--repeat', type=int, default=3, help='rounds, ABBA (default 3)')
     parser.add_argument('--precision', nargs='+', default=['fp32'],
-                        choices=['fp32', 'bf16', 'fp16'], help='autocast precision(s)')
+                        choices=['fp32', 'bf16', 'fp16'], help='autocast precision(s); fp16 '
+                        'needs CUDA')
+    parser.add_argument('--compile', action='store_true', help='torch.compile every model '
+                        '(max abs diff to eager printed; skipped with a message if unavailable)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]'")
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--shape', type=int, nargs='+', metavar='H W',
-                        help='input size (default: the model\'s crop / img_size)')
-    parser.add_argument('--keep-rate', type=float, help='no compressed checkpoint: install a '
-                        'uniform structure from random scores (an estimate)')
-    parser.add_argument('--prune-rate', type=float,
-                        help='with --keep-rate (default: the config pm_cfg.prune_rate)')
+                        help='input size (default: the crop / img_size)')
+    parser.add_argument('--keep-rate', type=float, help='Prune-and-Merge models without a '
+                        'compressed checkpoint: uniform structure from random scores')
+    parser.add_argument('--prune-rate', type=float, default=0.0, help='with --keep-rate')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random scores')
-    parser.add_argument('--data-root', help='test data root to take the images from '
-                        '(default: the config\'s test_dataloader.dataset.data_root)')
-    parser.add_argument('--mr-iters', type=int, default=3, help='instrumented forwards that '
-                        'measure the time share of the M/R ops (0: skip)')
+    parser.add_argument('--data-root', help='test data root to take the images from')
+    parser.add_argument('--reduction-iters', '--mr-iters', type=int, default=3,
+                        help='profiled forwards for the time share of reduction ops (0: skip)')
     parser.add_argument('--out', help='write the JSON result here')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='overrides for CONFIG (and BASE_CONFIG), xxx=yyy format')
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
+                        help='overrides for every config, xxx=yyy format')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    from mmseg_pm.analysis.benchmark import benchmark_pair, markdown_table, protocol_text
-    from mmseg_pm.analysis.common import parse_shape, quiet_logging
+    import torch
+
+    from mmseg_pm.analysis import BenchmarkSpec, benchmark_table, protocol_text
+    from mmseg_pm.analysis.build import load_config
+    from mmseg_pm.analysis.suite import build_entries, compare, comparison_entries
+    from mmseg_pm.errors import UserError
+    from mmseg_pm.utils.io import save_json
 
     quiet_logging()
-    if len(args.baseline) > 2:
-        raise UserError('--baseline takes BASE_CONFIG [BASE_CHECKPOINT]')
-    base_config = args.baseline[0]
-    base_checkpoint = args.baseline[1] if len(args.baseline) > 1 else None
-    result = benchmark_pair(
-        args.config, args.checkpoint, base_config, base_checkpoint, args.batch_sizes,
-        args.warmup, args.iters, args.repeat, args.precision, args.device, args.threads,
-        parse_shape(args.shape), args.keep_rate, args.prune_rate, args.seed, args.data_root,
-        args.cfg_options, args.mr_iters, progress=not args.no_progress)
+    if len(args.baseline) > 2 or any(len(a) > 2 for a in args.also):
+        raise UserError('--baseline and --also take CONFIG [CHECKPOINT]')
+    spec = BenchmarkSpec(batch_sizes=tuple(args.batch_sizes), precisions=tuple(args.precision),
+                         warmup=args.warmup, iters=args.iters, repeat=args.repeat,
+                         device=args.device, compile=args.compile,
+                         reduction_iters=args.reduction_iters, progress=not args.no_progress)
+    if args.out:
+        check_output_file(args.out, '--out')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    shape = parse_shape(args.shape)
+    models_args = [[args.config] + ([args.checkpoint] if args.checkpoint else [])] + args.also
+    entries = comparison_entries(args.baseline[0], [m[0] for m in models_args],
+                                 args.cfg_options)
+    for entry, m in zip(entries[2:], models_args):
+        entry.checkpoint = m[1] if len(m) > 1 else None
+    models = build_entries(entries, args.baseline[1] if len(args.baseline) > 1 else None,
+                           keep_rate=args.keep_rate, prune_rate=args.prune_rate,
+                           seed=args.seed, device=args.device)
+    cfg = load_config(args.config, args.cfg_options)
+    result = compare(entries, models, cfg, spec, shape, args.data_root)
     print(protocol_text(result['protocol']))
     print()
-    print(markdown_table(result))
+    print(benchmark_table(result['rows']))
     for name, info in result['models'].items():
-        if info['structure'].startswith('random'):
+        if str(info['structure']).startswith('random'):
             print(f'\nNote: {name}: structure = {info["structure"]} (uniform K per unit from '
                   f'random scores; timing and FLOPs of a compressed model, no accuracy).')
+    for row in result['rows']:
+        if row.get('compile'):
+            print(f'compile {row["name"]} (batch {row["batch"]}): {row["compile"]["message"]}')
     if args.out:
         save_json(result, args.out)
         print(f'\nwrote {args.out}')

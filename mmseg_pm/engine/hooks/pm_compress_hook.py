@@ -27,8 +27,8 @@ class PMCompressHook(SelfDistillationHook):
       search and install the structure (:func:`mmseg_pm.compression.compress_segmentor`), log
       the table and write ``<work_dir>/pm_structure.json``. If the model already holds a
       structure (``--resume``, or ``load_from`` a compressed checkpoint) nothing is scored
-      again. Before that, the validation settings are checked against the fixed crop.
-    * ``before_test``: the test settings are checked against the structure's crop.
+      again. Before that, the validation settings are checked against the fixed crop
+      (``tools/test.py`` checks the test settings before it starts).
     * checkpoints carry the teacher and torch's RNG state (:class:`SelfDistillationHook`).
     * With ``representation='dense'`` under DDP, the model is re-wrapped after M / R changed
       shape (DDP keeps the parameter shapes it was built with).
@@ -76,14 +76,6 @@ class PMCompressHook(SelfDistillationHook):
         else:
             self._compress(runner, model, self.resolve_settings(backbone))
         _rewrap_ddp_if_dense(runner, backbone)
-
-    def before_test(self, runner) -> None:
-        backbone = pm_backbone(unwrap(runner.model))
-        if backbone.is_compressed:
-            check_inference_size(backbone.grid_size, backbone.patch_size,
-                                 runner.cfg.model.get('test_cfg'),
-                                 runner.cfg.test_dataloader.dataset.get('pipeline'),
-                                 'this model\'s Prune-and-Merge structure was built for')
 
     def _compress(self, runner, model, settings: CompressSettings) -> None:
         # a loader of its own: iterating runner.train_dataloader a second time would close the

@@ -50,6 +50,9 @@ class PruneMergeViT(TokenReductionViT):
     reducer_attr = 'pm'
 
     def __init__(self, pm_cfg: Optional[dict] = None, **kwargs):
+        if 'token_reduction' in kwargs:
+            raise ConfigError('PruneMergeViT takes pm_cfg; for another method use '
+                              'type=\'TokenReductionViT\' with token_reduction=dict(type=...)')
         cfg, legacy = _split_pm_cfg(pm_cfg)
         reduction = None if cfg is None else dict(
             type='PruneMerge', mode=cfg['mode'], layers=cfg['layers'], spans=cfg['spans'],
