@@ -269,7 +269,8 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
                 'torch.no_grad; data loading / pre-processing / logit resize not timed',
         input='real test-set images resized to the input size, normalised by each model\'s '
               'data pre-processor',
-        input_size=shape, **{k: v for k, v in asdict(spec).items() if k != 'progress'},
+        input_size=shape,
+        **{k: v for k, v in asdict(spec).items() if k not in ('progress', 'device')},
         samples_per_setting=spec.iters * spec.repeat, reference=ref, stock=stock,
         order='ABBA interleaving of the models per round',
         timer='time.perf_counter per forward'
