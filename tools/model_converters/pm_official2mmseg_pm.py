@@ -19,11 +19,12 @@ import argparse
 import json
 import os.path as osp
 
-from mmseg_pm.models.utils.checkpoint import (CheckpointFormatError, ConversionReport,
+from mmseg_pm.converters.checkpoint import (CheckpointFormatError, ConversionReport,
                                               convert_pm_official, detect_format,
                                               grid_from_img_size, pm_structure_from_state_dict,
                                               read_checkpoint, wrong_format_message)
-from mmseg_pm.utils import UserError, run_cli, save_checkpoint, save_json
+from mmseg_pm.errors import UserError
+from mmseg_pm.utils import run_cli, save_checkpoint, save_json
 from mmseg_pm.utils.preflight import check_checkpoint
 
 

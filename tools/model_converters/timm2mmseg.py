@@ -15,11 +15,12 @@ Prints what happened to every key; exit code 2 with one ``error: ...`` line on b
 import argparse
 import os.path as osp
 
-from mmseg_pm.models.utils.checkpoint import (CheckpointFormatError, ConversionReport,
+from mmseg_pm.converters.checkpoint import (CheckpointFormatError, ConversionReport,
                                               convert_timm_vit, detect_format,
                                               grid_from_img_size, read_checkpoint,
                                               wrong_format_message)
-from mmseg_pm.utils import UserError, run_cli, save_checkpoint
+from mmseg_pm.errors import UserError
+from mmseg_pm.utils import run_cli, save_checkpoint
 from mmseg_pm.utils.preflight import check_checkpoint
 
 

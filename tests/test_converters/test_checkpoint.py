@@ -20,17 +20,18 @@ from torch import nn
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.models import PruneMergeViT
-from mmseg_pm.models.utils import prune_merge as pm
-from mmseg_pm.models.utils.checkpoint import (CheckpointFormatError, CheckpointMismatchError,
-                                              ConversionReport, convert_pm_official,
-                                              convert_segmenter, convert_timm_vit,
-                                              detect_format, load_pretrained_backbone,
-                                              pm_structure_from_state_dict,
-                                              structure_from_dense)
-from mmseg_pm.models.utils.prune_merge import PMStructureError
+from mmseg_pm.converters.checkpoint import (ConversionReport, convert_pm_official,
+                                            convert_segmenter, convert_timm_vit, detect_format,
+                                            load_pretrained_backbone,
+                                            pm_structure_from_state_dict)
+from mmseg_pm.errors import CheckpointFormatError, CheckpointMismatchError
+from mmseg_pm.errors import StructureError as PMStructureError
+from mmseg_pm.functional import prune_merge as pm
+from mmseg_pm.functional import prune_merge_dense as pmd
+from mmseg_pm.functional.prune_merge_dense import structure_from_dense
 from mmseg_pm.utils import run_cli
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 EMBED, HEADS, IMG, GRID = 32, 2, 64, (4, 4)
 TINY = dict(img_size=IMG, depth=2, embed_dim=EMBED, num_heads=HEADS)
 
@@ -182,7 +183,7 @@ def official_units(depth, keep=0.5, prune=0.25, identity=(), drift=1e-4, seed=0)
         else:
             scores = 0.5 + 0.5 * torch.rand(n, generator=g)
             s = pm.structure_from_scores(scores, GRID, keep, prune)
-            m, t = pm.to_dense_merge(s, 1), pm.to_token_mask(s, 1)
+            m, t = pmd.to_dense_merge(s, 1), pmd.to_token_mask(s, 1)
             r = torch.linalg.pinv(m)
             m = m + drift * torch.randn(m.shape, generator=g)
             r = r + drift * torch.randn(r.shape, generator=g)
