@@ -7,6 +7,7 @@ Every tool is a thin shim: its own arguments and a ``convert`` callback (mmseg's
 import argparse
 import os
 import os.path as osp
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -81,8 +82,17 @@ def check_output_path(path: str, src: str, what: str = 'DST') -> None:
     parent = osp.dirname(dst)
     while not osp.exists(parent):
         parent = osp.dirname(parent)
+    reason = None
     if not osp.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f'cannot write {what} {path}: {parent} is not a writable directory')
+        reason = 'not a writable directory'
+    else:
+        try:  # what the mode bits do not say (read-only or special file systems, root)
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as e:
+            reason = f'not a writable directory ({e.strerror or type(e).__name__})'
+    if reason:
+        raise UserError(f'cannot write {what} {path}: {parent} is {reason}')
 
 
 def convert_main(argv: Optional[Sequence[str]], *, converter: str, description: str,
