@@ -97,7 +97,11 @@ def check_checkpoint_fits(model: nn.Module, state_dict: Mapping, source: str) ->
 def fitting_state_dict(model: nn.Module, state_dict: Mapping, source: str) -> dict:
     """``state_dict`` checked by :func:`check_checkpoint_fits`, without a DDP ``module.``
     prefix and without the parts the model does not have (auxiliary heads), ready for
-    ``model.load_state_dict(..., strict=True)``."""
+    ``model.load_state_dict(..., strict=True)``.
+
+    Raises:
+        CheckpointMismatchError: as :func:`check_checkpoint_fits`.
+    """
     check_checkpoint_fits(model, state_dict, source)
     own = model.state_dict()
     state = {k[7:] if k.startswith('module.') else k: v for k, v in state_dict.items()}

@@ -138,7 +138,8 @@ def _unit_state(unit: _Unit, key_t: Optional[str], t: Optional[Tensor],
     None: all ones), its structure and the source keys it consumed."""
     a, b = unit.a, unit.b
     where = f'block {a}' if a == b else f'span ({a}, {b})'
-    s, m, r, notes = structure_from_dense(unit.m, unit.r, t, grid_size, 1, where)
+    s, m, r, notes = structure_from_dense(unit.m, unit.r, t, grid_size=grid_size,
+                                          num_prefix=1, where=where)
     for msg in notes:
         report.note(msg)
     dst = f'backbone.pm.{a}.'

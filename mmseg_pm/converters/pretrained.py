@@ -70,7 +70,7 @@ def _fit_pos_embed(state: Dict[str, Tensor], own: Dict[str, Tensor], grid: Tuple
     if prefix != 1:
         raise CheckpointMismatchError(f'{path}: pos_embed {tuple(pos.shape)} has no '
                                       f'class-token row')
-    state['pos_embed'] = resample_pos_embed(pos, grid, (gh, gw), 1)
+    state['pos_embed'] = resample_pos_embed(pos, grid, old_grid=(gh, gw))
     report.converted.setdefault(
         'pos_embed', f'resampled {gh}x{gw} -> {grid[0]}x{grid[1]} (timm '
                      f'resample_abs_pos_embed, bicubic)')

@@ -123,7 +123,7 @@ def _resample_geometry(sd: Dict[str, Tensor], src_grid: Tuple[int, int],
     patch = int(patch_size or src_patch)
     grid = tuple(int(v) for v in (grid or src_grid))
     if tuple(src_grid) != grid:
-        sd['pos_embed'] = resample_pos_embed(sd['pos_embed'], grid, src_grid, 1)
+        sd['pos_embed'] = resample_pos_embed(sd['pos_embed'], grid, old_grid=src_grid)
         report.converted[src + 'pos_embed'] = (
             f'resampled {src_grid[0]}x{src_grid[1]} -> {grid[0]}x{grid[1]} patch grid (timm '
             f'resample_abs_pos_embed, bicubic)')
