@@ -1,5 +1,5 @@
 """The one strict check of a checkpoint against a model, before anything runs on it."""
-from typing import Mapping
+from typing import List, Mapping, NamedTuple, Sequence
 
 from torch import nn
 
@@ -16,6 +16,43 @@ def reducer_prefixes(model: nn.Module) -> tuple:
     from ..models.reducers import TokenReducer
     return tuple(f'{name}.' for name, m in model.named_modules()
                  if isinstance(m, TokenReducer) and name)
+
+
+class StateDictDiff(NamedTuple):
+    """How a checkpoint's tensors differ from a model's (see :func:`diff_state_dict`)."""
+    missing: List[str]      # model keys the checkpoint lacks
+    unexpected: List[str]   # checkpoint keys the model lacks
+    mismatched: List[str]   # 'key: checkpoint (shape) vs model (shape)'
+
+    @property
+    def fits(self) -> bool:
+        """True when nothing is missing, unexpected or of another shape."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def diff_state_dict(own: Mapping, state: Mapping, *, free: Sequence[str] = (),
+                    droppable: Sequence[str] = ()) -> StateDictDiff:
+    """Compare a checkpoint's tensors with a model's, key by key and shape by shape.
+
+    Args:
+        own (Mapping): the model's ``state_dict()``.
+        state (Mapping): the checkpoint's state dict (same key prefixes as ``own``).
+        free (Sequence[str]): key prefixes checked elsewhere (token reducers re-shape to the
+            incoming structure and may be absent): never missing, unexpected or mismatched.
+        droppable (Sequence[str]): key prefixes the checkpoint may carry beyond the model.
+
+    Returns:
+        StateDictDiff: the missing and unexpected keys and the shape mismatches, in model
+        order (unexpected keys in checkpoint order).
+    """
+    free, droppable = tuple(free), tuple(droppable)
+    missing = [k for k in own if k not in state and not k.startswith(free)]
+    unexpected = [k for k in state if k not in own and not k.startswith(free + droppable)]
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in own.items()
+                  if k in state and not k.startswith(free) and hasattr(state[k], 'shape')
+                  and tuple(state[k].shape) != tuple(v.shape)]
+    return StateDictDiff(missing, unexpected, mismatched)
 
 
 def check_checkpoint_fits(model: nn.Module, state_dict: Mapping, source: str) -> None:
@@ -35,16 +72,11 @@ def check_checkpoint_fits(model: nn.Module, state_dict: Mapping, source: str) ->
             both shapes, and what to do.
     """
     state = {k[7:] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    own = model.state_dict()
-    free = reducer_prefixes(model)
-    missing = [k for k in own if k not in state and not k.startswith(free)]
-    unexpected = [k for k in state if k not in own and not k.startswith(free + DROPPABLE_PARTS)]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in own.items()
-                  if k in state and not k.startswith(free) and hasattr(state[k], 'shape')
-                  and tuple(state[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or mismatched):
+    diff = diff_state_dict(model.state_dict(), state, free=reducer_prefixes(model),
+                           droppable=DROPPABLE_PARTS)
+    if diff.fits:
         return
+    missing, unexpected, mismatched = diff
     if any(k.startswith('backbone.pm.') for k in unexpected):
         hint = ('It carries a Prune-and-Merge structure (backbone.pm.*): use it with the pm_ '
                 'config it was compressed with.')
@@ -65,7 +97,11 @@ def check_checkpoint_fits(model: nn.Module, state_dict: Mapping, source: str) ->
 def fitting_state_dict(model: nn.Module, state_dict: Mapping, source: str) -> dict:
     """``state_dict`` checked by :func:`check_checkpoint_fits`, without a DDP ``module.``
     prefix and without the parts the model does not have (auxiliary heads), ready for
-    ``model.load_state_dict(..., strict=True)``."""
+    ``model.load_state_dict(..., strict=True)``.
+
+    Raises:
+        CheckpointMismatchError: as :func:`check_checkpoint_fits`.
+    """
     check_checkpoint_fits(model, state_dict, source)
     own = model.state_dict()
     state = {k[7:] if k.startswith('module.') else k: v for k, v in state_dict.items()}
@@ -73,4 +109,5 @@ def fitting_state_dict(model: nn.Module, state_dict: Mapping, source: str) -> di
             if k in own or not k.startswith(DROPPABLE_PARTS)}
 
 
-__all__ = ['check_checkpoint_fits', 'fitting_state_dict', 'reducer_prefixes']
+__all__ = ['StateDictDiff', 'diff_state_dict', 'check_checkpoint_fits', 'fitting_state_dict',
+           'reducer_prefixes']

@@ -12,58 +12,35 @@ Usage: python tools/model_converters/segmenter2mmseg.py SRC DST [--img-size H W]
 
 Prints what happened to every key; exit code 2 with one ``error: ...`` line on bad input.
 """
-import argparse
-import os.path as osp
-
-from mmseg_pm.models.utils.checkpoint import (CheckpointFormatError, ConversionReport,
-                                              convert_segmenter, detect_format,
-                                              grid_from_img_size, read_checkpoint,
-                                              wrong_format_message)
-from mmseg_pm.utils import UserError, run_cli, save_checkpoint
-from mmseg_pm.utils.preflight import check_checkpoint
+from mmseg_pm.converters import convert_segmenter, patch_size_of
+from mmseg_pm.converters.cli import Converted, convert_main, grid_arg
+from mmseg_pm.utils import run_cli
 
 
-def parse_args(argv=None):
-    """Command line (``argv`` None: ``sys.argv``)."""
-    parser = argparse.ArgumentParser(
-        description='Convert an official Segmenter checkpoint to mmseg EncoderDecoder keys')
-    parser.add_argument('src', help='official Segmenter checkpoint (checkpoint.pth)')
-    parser.add_argument('dst', help='output file (written atomically)')
+def add_arguments(parser):
     parser.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
                         help='target crop size: pos_embed is resampled to the (H/16, W/16) '
                              'grid (default: keep the training grid)')
     parser.add_argument('--drop-dist-token', action='store_true',
                         help='convert a distilled (DeiT) encoder by dropping its distillation '
                              'token (the features then differ from the official model\'s)')
-    return parser.parse_args(argv)
+
+
+def convert(args, state_dict, extras, report):
+    grid = grid_arg(args.img_size, patch_size_of(state_dict, 'encoder.'))
+    out = convert_segmenter(state_dict, grid, drop_dist_token=args.drop_dist_token,
+                            report=report)
+    return Converted(out, meta=dict(img_size=args.img_size),
+                     what=' (backbone.*, decode_head.*)')
 
 
 def main(argv=None) -> int:
-    """Convert SRC, write DST atomically, print the summary; returns the exit code.
-
-    Raises:
-        UserError: bad input (missing file, another format, unsupported keys).
-    """
-    args = parse_args(argv)
-    check_checkpoint(args.src, 'source checkpoint')
-    try:
-        state_dict, _ = read_checkpoint(args.src)
-        fmt = detect_format(state_dict)
-        if fmt != 'segmenter':
-            raise UserError(wrong_format_message(args.src, fmt, 'segmenter'))
-        weight = state_dict.get('encoder.patch_embed.proj.weight')
-        patch = int(weight.shape[-1]) if weight is not None else 16
-        report = ConversionReport(fmt)
-        out = convert_segmenter(state_dict, grid_from_img_size(args.img_size, patch),
-                                args.drop_dist_token, report)
-    except (CheckpointFormatError, ValueError) as e:
-        raise UserError(str(e)) from None
-    meta = dict(converter='segmenter2mmseg', source=osp.abspath(args.src), source_format=fmt,
-                img_size=args.img_size, notes=report.notes)
-    path = save_checkpoint(dict(state_dict=out, meta=meta), args.dst)
-    print(report.summary())
-    print(f'saved {len(out)} tensors (backbone.*, decode_head.*) to {path}')
-    return 0
+    """Convert SRC, write DST atomically, print the summary; returns the exit code."""
+    return convert_main(
+        argv, converter='segmenter2mmseg', formats=('segmenter',), expected='segmenter',
+        description='Convert an official Segmenter checkpoint to mmseg EncoderDecoder keys',
+        src_help='official Segmenter checkpoint (checkpoint.pth)', add_arguments=add_arguments,
+        convert=convert)
 
 
 if __name__ == '__main__':

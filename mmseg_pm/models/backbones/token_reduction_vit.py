@@ -144,7 +144,7 @@ class TokenReductionViT(VisionTransformer):
         a local mmseg / timm / Segmenter / official Prune-and-Merge file strictly through
         :func:`mmseg_pm.converters.pretrained.load_pretrained_backbone`."""
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            from ...converters.checkpoint import load_pretrained_backbone
+            from ...converters.pretrained import load_pretrained_backbone
             if self.reducer is not None:
                 self.reducer.init_weights()
             load_pretrained_backbone(self, self.init_cfg['checkpoint'])
