@@ -105,7 +105,10 @@ class TokenReductionViT(VisionTransformer):
             if reducer.post_attn_blocks and self.with_cp:
                 raise ConfigError(f'with_cp (activation checkpointing) is not supported with '
                                   f'{type(reducer).__name__}, which acts inside blocks')
-        self.add_module(self.reducer_attr, reducer)
+        if reducer is not None:
+            self.add_module(self.reducer_attr, reducer)
+        else:  # a plain attribute: reducer tensors in a checkpoint are then unexpected keys
+            setattr(self, self.reducer_attr, None)
         self.restore_outputs = restore_outputs
         self.reduction_enabled = True
         self.attention_map_hooks: Dict[int, Callable[[Tensor], None]] = {}
