@@ -8,7 +8,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
-from mmseg_pm.models.utils import prune_merge as pm
+from mmseg_pm.functional import prune_merge as pm
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)

@@ -38,11 +38,17 @@ class AttentionScorer:
         backbone (TokenReductionViT): the backbone (``PruneMergeViT``).
         blocks (list[int]): blocks to score.
 
+    Raises:
+        ConfigError: a backbone that cannot expose its attention maps.
+
     Attributes:
         scores (dict[int, Tensor]): block index -> float64 ``(N,)`` accumulated scores.
     """
 
     def __init__(self, backbone: nn.Module, blocks: List[int]):
+        if not hasattr(backbone, 'attention_map_hooks'):
+            raise ConfigError(f'scoring needs a TokenReductionViT / PruneMergeViT backbone, got '
+                              f'{type(backbone).__name__}')
         self.backbone = backbone
         self.blocks = list(blocks)
         self.num_prefix = int(backbone.with_cls_token)

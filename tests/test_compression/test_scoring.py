@@ -1,10 +1,15 @@
-"""Gradient-weighted attention scoring against a brute-force reference (method.md §2)."""
+"""Gradient-weighted attention scoring against a brute-force reference (Mao et al., IEEE TMM
+2025, arXiv 2503.23455; official ``Attention.compute_rank_attn``), and in bounded memory."""
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.compression import AttentionScorer
+from mmseg_pm.errors import ConfigError
 from mmseg_pm.models import PruneMergeViT
 
 TINY = dict(img_size=(32, 48), patch_size=16, embed_dims=16, num_layers=3, num_heads=2,
@@ -56,13 +61,13 @@ def test_scores_equal_brute_force_reference():
         ref = reference_scores(bb, x, weight)
         expected = ref if expected is None else [a + b for a, b in zip(expected, ref)]
         bb.zero_grad()
-    scorer = AttentionScorer(dict(enumerate(bb.layers)), num_prefix=1)
+    scorer = AttentionScorer(bb, [0, 1, 2])
     with scorer:
         for x in batches:
             out = bb(x)[0]  # (B, C, 2, 3)
             (out.flatten(2).transpose(1, 2) * weight).sum().backward()
             bb.zero_grad()
-    assert all(layer.attn_hook is None for layer in bb.layers)  # instrumentation removed
+    assert not bb.attention_map_hooks  # instrumentation removed
     for i in range(3):
         got = scorer.scores[i]
         assert got.shape == (6,)
@@ -78,14 +83,35 @@ def test_explicit_attention_path_matches_default():
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         ref = bb(x)[0]
-        for layer in bb.layers:
-            layer.attn_hook = lambda attn: None
+        bb.attention_map_hooks.update({i: lambda attn: None for i in range(3)})
         got = bb(x)[0]
     assert (ref - got).abs().max() <= 1e-5
 
 
-def test_scorer_rejects_plain_layers():
+def test_scoring_keeps_no_attention_map_alive():
+    """Every iteration's attention maps are freed after its backward: a gradient hook that
+    captured its own tensor would keep them alive through autograd's graph (memory growing
+    with the number of scoring iterations)."""
+    torch.manual_seed(0)
+    bb = PruneMergeViT(pm_cfg=dict(mode='layer'), **TINY)
+    bb.init_weights()
+    maps = []
+    scorer = AttentionScorer(bb, [0, 1, 2])
+    with scorer:
+        for i in range(3):
+            hook = bb.attention_map_hooks[i]
+            bb.attention_map_hooks[i] = (
+                lambda h: lambda attn: (maps.append(weakref.ref(attn)), h(attn)))(hook)
+        for _ in range(4):
+            bb(torch.randn(2, 3, 32, 48))[0].sum().backward()
+            bb.zero_grad()
+    gc.collect()
+    assert len(maps) == 12
+    assert sum(ref() is not None for ref in maps) == 0
+    assert all(float(s.abs().sum()) > 0 for s in scorer.scores.values())
+
+
+def test_scorer_rejects_plain_backbones():
     from mmseg.models.backbones import VisionTransformer
-    vit = VisionTransformer(**TINY)
-    with pytest.raises(TypeError, match='PMTransformerEncoderLayer'):
-        AttentionScorer({0: vit.layers[0]}, 1)
+    with pytest.raises(ConfigError, match='TokenReductionViT'):
+        AttentionScorer(VisionTransformer(**TINY), [0])

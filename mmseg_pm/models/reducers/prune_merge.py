@@ -278,6 +278,10 @@ class PruneMerge(TokenReducer):
         self.trainable = trainable
         self._end_of = {b: a for a, b in spans}
 
+    def __getitem__(self, start) -> PruneMergeUnit:
+        """The unit starting at block ``start``."""
+        return self._modules[str(start)]
+
     @property
     def units(self) -> List[PruneMergeUnit]:
         """The units in block order."""

@@ -6,9 +6,10 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
+from mmseg_pm.errors import ConfigError, FixedTokenCountError
+from mmseg_pm.errors import StructureError as PMStructureError
+from mmseg_pm.functional import prune_merge as pm
 from mmseg_pm.models import PruneMergeViT
-from mmseg_pm.models.utils import prune_merge as pm
-from mmseg_pm.models.utils.prune_merge import PMStructureError
 
 TINY = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=4, num_heads=2,
             final_norm=True, norm_cfg=dict(type='LN', eps=1e-6))
@@ -123,7 +124,7 @@ def test_cls_and_pruned_tokens_through_a_unit():
     x = torch.randn(2, 17, 32)
     z = unit.merge(x)
     assert torch.equal(z[:, 0], x[:, 0])
-    y = unit.reconstruct(z, x)
+    y = unit.restore(z, x)
     pruned = unit.assign < 0
     assert pruned.sum() == 8
     assert torch.equal(y[:, 1:][:, pruned], x[:, 1:][:, pruned])
@@ -135,8 +136,9 @@ def test_smaller_input_padded_larger_rejected():
     model.eval()
     out = model(torch.randn(1, 3, 40, 60))[0]  # grid 3x4 < 4x4: padded, cropped back
     assert out.shape == (1, 32, 3, 4)
-    with pytest.raises(ValueError, match='slide inference'):
+    with pytest.raises(FixedTokenCountError, match='slide inference'):
         model(torch.randn(1, 3, 80, 64))
+    assert model.fixed_input_size == (64, 64)
 
 
 def test_compressed_checkpoint_strict_round_trip(tmp_path):
@@ -190,11 +192,26 @@ def test_corrupted_structures_rejected():
 
 
 @pytest.mark.parametrize('pm_cfg,err', [
-    (dict(keep_rate=0.0), 'keep_rate'), (dict(keep_rate=1.5), 'keep_rate'),
-    (dict(prune_rate=1.0), 'prune_rate'), (dict(keep_rate=0.8, prune_rate=0.3), 'sum|<= 1'),
     (dict(mode='span'), 'spans'), (dict(mode='span', spans=[(0, 2), (2, 3)]), 'overlap'),
     (dict(mode='span', spans=[(0, 9)]), 'out of range'), (dict(bogus=1), 'unknown'),
+    (dict(mode='grid'), 'mode'), (dict(representation='csr'), 'representation'),
 ])
 def test_bad_pm_cfg(pm_cfg, err):
-    with pytest.raises(ValueError, match=err):
+    with pytest.raises(ConfigError, match=err):
         PruneMergeViT(pm_cfg=pm_cfg, **TINY)
+
+
+def test_deprecated_compression_keys_still_read():
+    """Old configs with keep_rate etc. in pm_cfg keep building; the values go to the hook."""
+    from mmseg_pm.engine import PMCompressHook
+    model = PruneMergeViT(pm_cfg=dict(mode='layer', keep_rate=0.5, score_iters=3), **TINY)
+    assert model.compress_cfg == dict(keep_rate=0.5, score_iters=3)
+    assert set(model.pm_cfg) == {'mode', 'layers', 'spans', 'representation', 'trainable',
+                                 'restore_outputs'}
+    settings = PMCompressHook(prune_rate=0.1).resolve_settings(model)
+    assert (settings.keep_rate, settings.prune_rate, settings.score_iters) == (0.5, 0.1, 3)
+    with pytest.raises(ConfigError, match='keep_rate'):
+        PMCompressHook(keep_rate=0.7).resolve_settings(model)
+    bad = PruneMergeViT(pm_cfg=dict(mode='layer', keep_rate=1.5), **TINY)
+    with pytest.raises(ConfigError, match='keep_rate'):
+        PMCompressHook().resolve_settings(bad)

@@ -3,7 +3,7 @@ from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.models import CompressedTokens, PruneMergeViT
-from mmseg_pm.models.utils import prune_merge as pm
+from mmseg_pm.functional import prune_merge as pm
 
 TINY = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=4, num_heads=2,
             out_indices=(0, 1, 2, 3), final_norm=True)

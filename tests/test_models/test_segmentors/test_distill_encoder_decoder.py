@@ -6,7 +6,7 @@ from mmengine.structures import PixelData
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.models.segmentors import distill_kl_loss
-from mmseg_pm.models.utils import prune_merge as pm
+from mmseg_pm.functional import prune_merge as pm
 
 
 def test_kd_loss_zero_when_equal_and_normalisation():
