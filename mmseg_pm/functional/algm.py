@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, StructureError
 from .common import (Reduction, check_tokens, identity_reduction, merge_into_slots, ones_size,
-                     slots_to_index)
+                     slots_to_index, sort_indices)
 from .tome import _best_edges, _check_prefix01, _matching_from_counts, merge_weighted
 
 __all__ = ['window_similarity', 'algm_local_merge', 'algm_global_merge']
@@ -134,7 +134,7 @@ def algm_local_merge(x: Tensor, grid: Sequence[int], threshold: float, num_prefi
             counts = counts.min().expand(b)
         if b == 0 or int(counts.max()) == 0:
             return identity_reduction(x, size, num_prefix)
-        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        order = sort_indices(score, dim=1, descending=True)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(nw, device=dev).expand(b, nw).contiguous())
         rows = torch.arange(h, device=dev)[:, None] // window
@@ -142,7 +142,7 @@ def algm_local_merge(x: Tensor, grid: Sequence[int], threshold: float, num_prefi
         window_of = (rows * (w // window) + cols).reshape(-1)  # (n,) raster patch -> window
         patch_rank = rank[:, window_of]  # (B, n)
         merged = patch_rank < counts[:, None]
-        rest = counts[:, None] + (~merged).cumsum(1) - 1
+        rest = counts[:, None] + (~merged).long().cumsum(1) - 1
         patch_slot = torch.where(merged, patch_rank, rest)
         num_out = num_prefix + int((n - (window * window - 1) * counts).max())
         prefix = torch.arange(num_prefix, device=dev).expand(b, num_prefix)

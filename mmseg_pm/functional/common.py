@@ -135,6 +135,17 @@ def compose_index(outer: Tensor, inner: Tensor) -> Tensor:
     return torch.where(outer < 0, -1, out)
 
 
+def sort_indices(x: Tensor, dim: int = -1, descending: bool = False) -> Tensor:
+    """Indices that sort ``x`` along ``dim``; ties keep their order (lower position first).
+
+    ``torch.sort(stable=True)`` normally; while exporting to ONNX (which has no stable sort)
+    a full ``torch.topk``, whose ONNX TopK puts equal elements in index order as well.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(x, x.shape[dim], dim=dim, largest=descending, sorted=True).indices
+    return torch.sort(x, dim=dim, descending=descending, stable=True).indices
+
+
 def patch_grid(size: Sequence[int], patch_size: int) -> Tuple[int, int]:
     """Patch grid ``(ceil(H / patch), ceil(W / patch))`` of an input size ``(H, W)`` in pixels
     (mmseg's ``PatchEmbed`` pads the bottom / right edge to whole patches)."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import StructureError
-from .common import Reduction, check_tokens, identity_reduction, keep_count
+from .common import Reduction, check_tokens, identity_reduction, keep_count, sort_indices
 
 __all__ = ['evit_num_keep', 'evit_select']
 
@@ -77,9 +77,9 @@ def evit_select(x: Tensor, cls_attn: Tensor, keep_rate: float, fuse: bool = True
     if k >= n:
         return identity_reduction(x, None, num_prefix)
     with torch.no_grad():
-        order = torch.sort(cls_attn.detach(), dim=1, descending=True, stable=True).indices
+        order = sort_indices(cls_attn.detach(), dim=1, descending=True)
         keep = order[:, :k]
-        rest = order[:, k:].sort(dim=1).values  # inattentive tokens in position order
+        rest = order[:, k:].gather(1, sort_indices(order[:, k:], dim=1))  # inattentive tokens in position order
         index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
             1, keep, torch.arange(k, device=x.device).expand(b, k).contiguous())
     patches = x[:, num_prefix:]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, StructureError
 from .common import (Reduction, check_tokens, identity_reduction, keep_count, merge_into_slots,
-                     ones_size)
+                     ones_size, sort_indices)
 
 __all__ = ['MSTM_WEIGHTINGS', 'mstm_num_keep', 'mstm_merge']
 
@@ -123,7 +123,7 @@ def mstm_merge(x: Tensor, importance: Tensor, metric: Tensor, size: Optional[Ten
     n_keep = torch.tensor(kept, dtype=torch.long, device=dev)
     with torch.no_grad():
         score = importance.detach().masked_fill(~valid, float('-inf'))
-        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        order = sort_indices(score, dim=1, descending=True)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(n, device=dev).expand(b, n).contiguous())
         crucial = (rank < n_keep[:, None]) & valid
@@ -132,9 +132,9 @@ def mstm_merge(x: Tensor, importance: Tensor, metric: Tensor, size: Optional[Ten
         most_k = int(n_keep.max())
         most_r = int((totals - n_keep).max())
         # crucial / non-crucial positions in increasing position, padded by other positions
-        c_idx = torch.sort(torch.where(crucial, positions, positions + n), dim=1).indices
+        c_idx = sort_indices(torch.where(crucial, positions, positions + n), dim=1)
         c_idx = c_idx[:, :most_k]
-        r_idx = torch.sort(torch.where(rest, positions, positions + n), dim=1).indices
+        r_idx = sort_indices(torch.where(rest, positions, positions + n), dim=1)
         r_idx = r_idx[:, :most_r]
         c_ok = torch.arange(most_k, device=dev)[None, :] < n_keep[:, None]
         r_ok = torch.arange(most_r, device=dev)[None, :] < (totals - n_keep)[:, None]
@@ -143,7 +143,7 @@ def mstm_merge(x: Tensor, importance: Tensor, metric: Tensor, size: Optional[Ten
         sim = unit.gather(1, r_idx[..., None].expand(b, most_r, d)) @ unit.gather(
             1, c_idx[..., None].expand(b, most_k, d)).transpose(1, 2)  # (B, most_r, most_k)
         target = sim.masked_fill(~c_ok[:, None, :], float('-inf')).argmax(dim=-1)
-        patch_slot = torch.where(crucial, crucial.cumsum(1) - 1, -1)
+        patch_slot = torch.where(crucial, crucial.long().cumsum(1) - 1, -1)
         patch_slot = torch.cat([patch_slot, patch_slot.new_full((b, 1), -1)], dim=1).scatter(
             1, torch.where(r_ok, r_idx, n), torch.where(r_ok, target, -1))[:, :n]
         prefix = torch.arange(num_prefix, device=dev).expand(b, num_prefix)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, StructureError
 from .common import (Reduction, check_tokens, identity_reduction, merge_into_slots, ones_size,
-                     slots_to_index)
+                     slots_to_index, sort_indices)
 
 __all__ = ['Matching', 'parse_r', 'bipartite_soft_matching', 'merge_weighted', 'tome_merge']
 
@@ -170,15 +170,15 @@ def _matching_from_counts(best: Tensor, dst: Tensor, eligible: Tensor, counts: T
         b, length = valid.shape
         na = best.shape[1]
         dev = best.device
-        order = torch.sort(best, dim=1, descending=True, stable=True).indices  # (B, na)
+        order = sort_indices(best, dim=1, descending=True)  # (B, na)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(na, device=dev).expand(b, na).contiguous())
         merged = (rank < counts[:, None]) & eligible  # (B, na)
         keep_a = valid[:, ::2] & ~merged
         keep_b = valid[:, 1::2]
-        slot_a = keep_a.cumsum(1) - 1
+        slot_a = keep_a.long().cumsum(1) - 1
         unmerged = keep_a.sum(1, keepdim=True)
-        slot_b = unmerged + keep_b.cumsum(1) - 1
+        slot_b = unmerged + keep_b.long().cumsum(1) - 1
         if slot_b.shape[1]:
             slot_a = torch.where(merged, slot_b.gather(1, dst), slot_a)
         slot_a = torch.where(valid[:, ::2], slot_a, -1)

@@ -1,4 +1,4 @@
-"""Export a (compressed) segmentor to ONNX and check onnxruntime against PyTorch.
+"""Export a (token-reduced) segmentor to ONNX and check onnxruntime against PyTorch.
 
 Usage:
   python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out model.onnx [--shape H W]
@@ -7,40 +7,42 @@ Usage:
 
 Exports the segmentor's tensor-mode forward (``model(inputs, mode='tensor')``: normalised
 ``(1, 3, H, W)`` float32 images -> decode-head logits ``(1, classes, h, w)``) with static shapes
-(a compressed model has a fixed token count: H x W must be its crop, the default) through
+(a Prune-and-Merge model has a fixed token count: H x W must be its crop, the default) through
 ``torch.onnx.export``: the dynamo exporter when ``onnxscript`` is installed, else (or when it
-fails) the TorchScript exporter (``dynamo=False``); the structure's indices are constants of
-the graph and the sparse merge becomes ScatterElements(reduction='add'), so opset >= 16.
+fails) the TorchScript exporter (``dynamo=False``). Static methods export (Prune-and-Merge: the
+structure's indices are constants of the graph and the sparse merge becomes
+ScatterElements(reduction='add'); ToMe, EViT, MSTM: sort / top-k, gather and scatter ops with
+counts fixed by the input size), opset >= 18 for the scatter reductions. A method whose token
+count depends on the image (ALGM) is refused: a fixed-shape graph cannot hold it.
 Then runs the file with onnxruntime on CPU on a real image (``--image``, resized to H x W and
 normalised by the model's data pre-processor) or a random one, and prints the max abs
 difference to PyTorch; exit code 1 when it exceeds ``--tolerance`` (default 1e-3, fp32).
 A Prune-and-Merge config whose checkpoint carries no structure is refused.
 """
-import argparse
 import os
 import os.path as osp
 import warnings
 
-from mmengine.config import DictAction
-
-from mmseg_pm.utils import UserError, run_cli
+from mmseg_pm.errors import UserError
+from mmseg_pm.utils.cli import (ArgumentParser, ConfigOptions, check_output_file, parse_shape,
+                                quiet_logging, run_cli)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Export a segmentor to ONNX (tensor mode)')
+    parser = ArgumentParser(description='Export a segmentor to ONNX (tensor mode)')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint (a compressed one carries the structure)')
     parser.add_argument('--out', required=True, help='output .onnx file')
     parser.add_argument('--shape', type=int, nargs='+', metavar='H W',
                         help='static input size (default: the crop / backbone img_size)')
-    parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default 18)')
     parser.add_argument('--exporter', choices=['auto', 'dynamo', 'torchscript'],
                         default='auto', help='auto: dynamo when onnxscript is installed, else '
                         '(or if it fails) the TorchScript exporter')
     parser.add_argument('--image', help='real image for the check (default: random input)')
     parser.add_argument('--tolerance', type=float, default=1e-3,
                         help='max abs difference allowed (default 1e-3)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=ConfigOptions,
                         help='override settings in the config, xxx=yyy format (mmseg syntax)')
     return parser.parse_args()
 
@@ -126,28 +128,33 @@ def main():
     import onnxruntime as ort
     import torch
 
-    from mmseg_pm.analysis.common import (default_input_shape, get_backbone, load_segmentor,
-                                          parse_shape, quiet_logging)
+    from mmseg_pm.analysis.build import check_shape_fits, default_input_shape, load_segmentor
+    from mmseg_pm.models.backbones import reduction_backbone
 
     quiet_logging()
+    if args.opset < 18:
+        raise UserError('--opset must be >= 18 (the token merges are ONNX ScatterElements with '
+                        'add / min reductions)')
+    check_output_file(args.out, '--out', inputs=[args.checkpoint, args.config])
+    if not args.out.endswith('.onnx'):
+        raise UserError(f'--out must end with .onnx, got {args.out}')
     model = load_segmentor(args.config, args.checkpoint, args.cfg_options)
-    backbone = get_backbone(model)
-    if backbone is not None and len(backbone.pm) and not backbone.is_compressed:
+    backbone = reduction_backbone(model)
+    if getattr(backbone, 'pm', None) is not None and not backbone.is_compressed:
         raise UserError(f'{args.checkpoint} carries no Prune-and-Merge structure, so the '
                         f'export would be the uncompressed model: export a compressed '
                         f'checkpoint (or use the baseline config for the baseline)')
-    crop = default_input_shape(model)
-    shape = parse_shape(args.shape) or crop
-    if backbone is not None and backbone.is_compressed and shape != crop:
-        raise UserError(f'a compressed model has static shapes: --shape must be its crop '
-                        f'{crop[0]} {crop[1]}')
+    reducer = backbone.reducer if backbone is not None and backbone.is_reducing else None
+    if reducer is not None and not reducer.static:
+        raise UserError(f'{type(reducer).__name__}: the token count depends on the image, which '
+                        f'a fixed-shape ONNX graph cannot hold; export a static method '
+                        f'(PruneMerge, ToMe, EViT, MSTM)')
+    shape = parse_shape(args.shape) or default_input_shape(model)
+    check_shape_fits(model, shape)
     x = example_input(model, shape, args.image)
     wrapper = tensor_mode(model)
     with torch.no_grad():
         expected = wrapper(x).numpy()
-    if args.opset < 16:
-        raise UserError('--opset must be >= 16 (the sparse merge is ONNX ScatterElements with '
-                        "reduction='add')")
     exporter = export(wrapper, x, args.out, args.opset, args.exporter)
     onnx.checker.check_model(args.out)
     session = ort.InferenceSession(args.out, providers=['CPUExecutionProvider'])
@@ -156,7 +163,7 @@ def main():
         print(f'error: onnxruntime output shape {got.shape} != PyTorch {expected.shape}')
         return 1
     diff = float(np.abs(got - expected).max())
-    what = 'compressed' if backbone is not None and backbone.is_compressed else 'uncompressed'
+    what = type(reducer).__name__ if reducer is not None else 'uncompressed'
     print(f'exported {what} segmentor to {args.out} ({exporter} exporter, opset {args.opset}, '
           f'input 1x3x{shape[0]}x{shape[1]}, output {tuple(got.shape)})')
     print(f'onnxruntime (CPU) vs PyTorch on a {"real" if args.image else "random"} input: '
