@@ -1,5 +1,6 @@
 """Command-line plumbing shared by ``tools/*.py``: one-line errors, argument helpers."""
 import argparse
+import gc
 import os
 import os.path as osp
 import sys
@@ -13,24 +14,42 @@ from ..errors import MMSegPMError, UserError
 def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run a tool's ``main``: errors the user can fix (:class:`mmseg_pm.errors.MMSegPMError`,
     a missing file) print as one ``error: ...`` line on stderr and exit with code 2; any other
-    exception is a bug and keeps its traceback. ``--debug`` on the command line shows the
-    traceback of user errors too."""
+    exception is a bug and keeps its traceback (exit code 1). ``--debug`` on the command line
+    shows the traceback of user errors too. Before exiting, a distributed process group is
+    destroyed (:func:`destroy_dist`)."""
     debug = '--debug' in sys.argv
     if debug:
         sys.argv.remove('--debug')
     try:
         code = main()
-    except (MMSegPMError, FileNotFoundError) as e:
-        if debug:
+    except Exception as e:  # noqa: BLE001  (user errors, also from a DataLoader worker)
+        if debug or not (isinstance(e, (MMSegPMError, FileNotFoundError)) or _from_worker(e)):
             raise
         print(f'error: {one_line(e)}', file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # noqa: BLE001  (a user error raised in a DataLoader worker)
-        if debug or not _from_worker(e):
-            raise
-        print(f'error: {one_line(e)}', file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    destroy_dist()
     sys.exit(code or 0)
+
+
+def destroy_dist() -> None:
+    """Destroy the default process group, if one was created, and join gloo's worker threads.
+
+    MMEngine's ``Runner`` never destroys the group. Without this the threads outlive
+    ``sys.exit``: a worker that drops the last reference to a finished collective's tensors
+    (e.g. the receive buffer of ``broadcast_object_list``, MMEngine's last call in
+    ``BaseMetric.evaluate``) after interpreter finalization started needs the GIL, CPython ends
+    such a thread with ``pthread_exit``, and the unwind through a ``noexcept`` destructor
+    aborts the process (``terminate called without an active exception``, SIGABRT, torchrun
+    exit code 1) after a successful run. The runner and its DDP model (whose reducer holds the
+    group) sit in reference cycles, so they are collected first; ``destroy_process_group`` then
+    drops the last reference, whose destructor waits for the workers with the GIL released.
+    No-op without an initialised group (single-process runs). Not called after an unexpected
+    exception: a rank that failed inside a collective can keep pending work.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def _from_worker(e: BaseException) -> bool:
