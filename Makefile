@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC := torch===2.13.0 torchvision==0.28.0
 STAMP := $(VENV)/.mmseg_pm-installed
 
-.PHONY: install test test-fast demo demo-baseline clean-demo results
+.PHONY: install test test-fast demo clean-demo results readme-figure
 
 install: $(STAMP)
 
@@ -39,16 +39,23 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -q -m "not e2e"
 
-# The main job on the real sample: compress + finetune + test (see README "Demo").
+# The main job on the real sample: compress + finetune + test + compare every method.
 demo: install
 	bash tools/demo.sh
 
-# README results table: GFLOPs (both M/R conventions) and CPU fp32 latency / throughput at
-# 512x512, batch 1 and 8, each compressed config beside its baseline, on the sample's images.
+# README results table: every method on Segmenter ViT-S 512 beside mmseg's stock model and our
+# uncompressed model: GFLOPs (both conventions) and CPU fp32 latency / throughput at batch 1
+# and 8 on the sample's images, one interleaved run.
 results: install
-	$(PY) tools/prepare_ade20k_sample.py --out data/ade20k_sample
+	$(PY) tools/dataset_converters/prepare_ade20k_sample.py --out data/ade20k_sample
 	$(PY) tools/analysis_tools/results_table.py --data-root data/ade20k_sample/ADEChallengeData2016 \
-	    --batch-sizes 1 8 --out work_dirs/results.json
+	    --batch-sizes 1 8 --out work_dirs/results.json --markdown work_dirs/results.md
+
+# The README's comparison picture (docs/compare_demo.png), made by the tool from `make demo`'s
+# run: run `make demo` first.
+readme-figure: install
+	@test -f work_dirs/demo/compare/compare.png || { echo "run make demo first"; exit 2; }
+	mkdir -p docs && cp work_dirs/demo/compare/compare.png docs/compare_demo.png
 
 clean-demo:
 	rm -rf work_dirs/demo data/ade20k_sample

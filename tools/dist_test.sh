@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Distributed testing with torchrun (mmseg convention): dist_test.sh CONFIG CHECKPOINT NPROC [args...]
-# Environment: NNODES, NODE_RANK, PORT (default 29500), MASTER_ADDR, PYTHON (default python).
-# On machines without a GPU the gloo backend is used automatically (mmseg_pm.utils.runtime).
+# Environment: NNODES, NODE_RANK, PORT (default 29500), MASTER_ADDR, PYTHON (default: the
+# repository's .venv/bin/python when it exists, else python).
+# On machines without a GPU the gloo backend is used automatically (mmseg_pm.compat.prepare_cfg).
 if [ $# -lt 3 ]; then
     echo "usage: $0 CONFIG CHECKPOINT NPROC [test.py args...]" >&2
     exit 2
@@ -13,7 +14,9 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+VENV_PY="$(dirname "$0")/../.venv/bin/python"
+[ -x "$VENV_PY" ] && DEFAULT_PY=$VENV_PY || DEFAULT_PY=python
+PYTHON=${PYTHON:-$DEFAULT_PY}
 
 $PYTHON -m torch.distributed.run \
     --nnodes=$NNODES \

@@ -2,7 +2,7 @@
 # Distributed testing under Slurm (mmseg convention; adapted from mmseg's tools/slurm_test.sh,
 # Apache-2.0): one task per GPU, MMEngine reads rank / world size / master from Slurm.
 #
-#   [GPUS=4] [GPUS_PER_NODE=4] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] [PYTHON=python] \
+#   [GPUS=4] [GPUS_PER_NODE=4] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] [PYTHON=.venv/bin/python] \
 #   bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py args...]
 #
 # CPU-only nodes: GPUS_PER_NODE=0 requests no GPU and runs TASKS_PER_NODE tasks per node
@@ -21,7 +21,9 @@ GPUS=${GPUS:-4}
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-PYTHON=${PYTHON:-python}
+VENV_PY="$(dirname "$0")/../.venv/bin/python"
+[ -x "$VENV_PY" ] && DEFAULT_PY=$VENV_PY || DEFAULT_PY=python
+PYTHON=${PYTHON:-$DEFAULT_PY}
 PY_ARGS=("${@:5}")
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
 

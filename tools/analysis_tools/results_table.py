@@ -1,163 +1,140 @@
-"""Efficiency table of the shipped configs: each Prune-and-Merge model beside its baseline.
+"""The README's efficiency table: every method on Segmenter ViT-S 512 beside mmseg's stock model
+and our uncompressed model, GFLOPs and latency at batch 1 and 8, measured in one interleaved run.
 
 Usage:
-  python tools/analysis_tools/results_table.py [--models s t] [--batch-sizes 1 8]
-         [--warmup 2] [--iters 5] [--repeat 2] [--threads T] [--data-root DIR]
-         [--checkpoint CONFIG_STEM=PATH ...] [--no-benchmark] [--out results.json]
+  python tools/analysis_tools/results_table.py [--batch-sizes 1 8] [--warmup 2] [--iters 5]
+         [--repeat 2] [--threads T] [--data-root DIR] [--checkpoint CONFIG_STEM=PATH ...]
+         [--precision fp32 ...] [--device cpu] [--out results.json] [--markdown results.md]
 
-For every size (T, S, B, L) it pairs ``configs/segmenter_vit-<size>_ade20k*.py`` (baseline) with
-``configs/pm_segmenter_vit-<size>_ade20k*.py`` and reports GFLOPs in both conventions (M/R
-counted / not counted; one multiply-add = one FLOP) and CPU fp32 latency / throughput at the
-configs' crop (512x512; 640x640 for L) for each batch size, measured with
-:func:`mmseg_pm.analysis.benchmark.benchmark_pair` (real test images, tensor-mode forward,
-baseline and compressed interleaved). A compressed model without a checkpoint
-(``--checkpoint pm_segmenter_vit-s_ade20k=work_dirs/.../iter_N.pth``) gets a uniform structure
-from random scores at its config's keep_rate / prune_rate, labelled "random uniform (estimate)".
-Accuracy (mIoU) columns say "needs full ADE20K + GPU": they come from tools/test.py on the full
-validation set with trained checkpoints, not from this script.
+Rows: mmseg's stock Segmenter ViT-S (explicit attention), ours uncompressed (fused attention),
+and the shipped configs of every method at GFLOPs matched to the Prune-and-Merge main config
+(pm_segmenter_vit-s_ade20k, tome_, evit_, algm_, mstm_segmenter_vit-s_ade20k_kr0.6). Weights:
+the baseline checkpoint if given (``--checkpoint segmenter_vit-s_ade20k=PATH``), else random
+(timing and FLOPs of the static methods do not depend on them; ALGM's token count does, so its
+GFLOPs on random weights are an estimate). Prune-and-Merge without its compressed checkpoint gets
+a uniform structure from random scores at the config's keep / prune rates, labelled as an
+estimate. Accuracy (mIoU) needs the full ADE20K validation set and trained checkpoints
+(tools/test.py); this table says so instead of printing numbers.
 """
-import argparse
 import os.path as osp
 
-from mmseg_pm.utils import UserError, run_cli, save_json
+from mmseg_pm.utils.cli import ArgumentParser, check_output_file, quiet_logging, run_cli
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-PAIRS = {
-    't': ('segmenter_vit-t_ade20k.py', 'pm_segmenter_vit-t_ade20k.py'),
-    's': ('segmenter_vit-s_ade20k.py', 'pm_segmenter_vit-s_ade20k.py'),
-    'b': ('segmenter_vit-b_ade20k.py', 'pm_segmenter_vit-b_ade20k.py'),
-    'l': ('segmenter_vit-l_ade20k-640.py', 'pm_segmenter_vit-l_ade20k-640.py'),
-}
+BASELINE = 'segmenter_vit-s_ade20k'
+METHODS = ['pm_segmenter_vit-s_ade20k', 'tome_segmenter_vit-s_ade20k',
+           'evit_segmenter_vit-s_ade20k', 'algm_segmenter_vit-s_ade20k',
+           'mstm_segmenter_vit-s_ade20k_kr0.6']
 ACCURACY = 'needs full ADE20K + GPU'
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='GFLOPs / CPU latency table, PM vs baseline')
-    parser.add_argument('--models', nargs='+', default=['s', 't'], choices=sorted(PAIRS),
-                        help='sizes to report (default: s t)')
+    parser = ArgumentParser(description='Efficiency table of every method (GFLOPs, latency)')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--repeat', type=int, default=2)
+    parser.add_argument('--precision', nargs='+', default=['fp32'],
+                        choices=['fp32', 'bf16', 'fp16'])
+    parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--data-root', help='test images from here instead of the configs\' '
                         'data root (e.g. data/ade20k_sample/ADEChallengeData2016)')
     parser.add_argument('--checkpoint', nargs='+', default=[], metavar='CONFIG_STEM=PATH',
-                        help='checkpoints by config stem, e.g. pm_segmenter_vit-s_ade20k=x.pth')
-    parser.add_argument('--no-benchmark', action='store_true', help='GFLOPs only')
-    parser.add_argument('--mr-iters', type=int, default=1,
-                        help='instrumented forwards for the M/R time share (0: skip)')
+                        help='checkpoints by config stem, e.g. segmenter_vit-s_ade20k=x.pth')
+    parser.add_argument('--reduction-iters', type=int, default=1,
+                        help='profiled forwards for the reduction time share (0: skip)')
     parser.add_argument('--out', help='write every number as JSON here')
+    parser.add_argument('--markdown', help='write the protocol and the table here')
     parser.add_argument('--no-progress', action='store_true')
     return parser.parse_args()
 
 
-def parse_checkpoints(items):
-    """``['stem=path', ...]`` -> {stem: path}.
-
-    Raises:
-        UserError: an item without '='.
-    """
-    out = {}
-    for item in items:
-        if '=' not in item:
-            raise UserError(f'--checkpoint takes CONFIG_STEM=PATH, got {item!r}')
-        stem, path = item.split('=', 1)
-        out[osp.splitext(osp.basename(stem))[0]] = path
-    return out
-
-
-def flops_only(config, checkpoint, keep_rate):
-    """(count_flops result, structure label) of one config, no timing."""
-    from mmseg_pm.analysis import count_flops, install_uniform_structure, load_segmentor
-    model = load_segmentor(config, checkpoint)
-    label = install_uniform_structure(model, keep_rate) if keep_rate is not None else None
-    return count_flops(model, structure=label)
-
-
-def _pm_rates(config):
-    from mmseg_pm.analysis import load_config
-    cfg = load_config(config)
-    pm_cfg = cfg.model.backbone.get('pm_cfg') or {}
-    return pm_cfg.get('keep_rate', 0.6), pm_cfg.get('prune_rate', 0.0)
+def table(result: dict, batch_sizes) -> str:
+    """One line per model: method, settings, GFLOPs (both conventions), params and per batch
+    size latency (IQR), img/s, speed-up vs ours uncompressed and vs mmseg stock, efficiency."""
+    from mmseg_pm.utils.markdown import markdown_table
+    head = ['model', 'method', 'structure / settings', 'GFLOPs (M/R counted)',
+            'GFLOPs (not counted)', 'params (M)']
+    for b in batch_sizes:
+        head += [f'bs{b} ms (IQR)', f'bs{b} img/s', f'bs{b} speed-up', f'bs{b} vs stock',
+                 f'bs{b} efficiency']
+    head.append('mIoU')
+    body = []
+    for name, info in result['models'].items():
+        f = result['flops'][name]
+        rows = [r for r in result['rows'] if r['name'] == name]
+        per_image = f.get('per_image')
+        cells = [name, info['method'] or '–', info['structure'],
+                 f'{rows[0]["gflops_mr_counted"]:.2f}'
+                 + (f' ({per_image["min"]:.1f}-{per_image["max"]:.1f})' if per_image else ''),
+                 f'{f["flops_mr_not_counted"]["total"] / 1e9:.2f}',
+                 f'{f["params"]["total"] / 1e6:.2f}']
+        for b in batch_sizes:
+            r = next(r for r in rows if r['batch'] == b)
+            lat = r['latency_ms']
+            cells += [f'{lat["median"]:.0f} ({lat["iqr"]:.0f})', f'{r["throughput_img_s"]:.2f}',
+                      f'{r["speedup"]:.2f}', f'{r["speedup_vs_stock"]:.2f}',
+                      f'{r["efficiency"]:.2f}' if r.get('efficiency') else '–']
+        cells.append(ACCURACY)
+        body.append(cells)
+    return markdown_table(head, body, align='lll' + 'r' * (len(head) - 3))
 
 
 def main():
     args = parse_args()
-    from mmseg_pm.analysis import gflops
-    from mmseg_pm.analysis.benchmark import benchmark_pair, protocol_text
-    from mmseg_pm.analysis.common import quiet_logging
+    import torch
+
+    from mmseg_pm.analysis import BenchmarkSpec, protocol_text
+    from mmseg_pm.analysis.build import load_config
+    from mmseg_pm.analysis.suite import build_entries, compare, comparison_entries
+    from mmseg_pm.errors import UserError
+    from mmseg_pm.utils.io import atomic_write, save_json
 
     quiet_logging()
-    checkpoints = parse_checkpoints(args.checkpoint)
-    results, protocol = {}, None
-    for size in args.models:
-        base_name, pm_name = PAIRS[size]
-        base_cfg, pm_cfg = (osp.join(REPO, 'configs', n) for n in (base_name, pm_name))
-        base_stem, pm_stem = (osp.splitext(n)[0] for n in (base_name, pm_name))
-        base_ckpt, pm_ckpt = checkpoints.get(base_stem), checkpoints.get(pm_stem)
-        keep_rate, prune_rate = _pm_rates(pm_cfg)
-        random_keep = None if pm_ckpt else keep_rate
-        if args.no_benchmark:
-            results[size] = dict(flops={base_stem: flops_only(base_cfg, base_ckpt, None),
-                                        pm_stem: flops_only(pm_cfg, pm_ckpt, random_keep)},
-                                 rows=[], keep_rate=keep_rate, prune_rate=prune_rate)
-            continue
-        try:
-            res = benchmark_pair(pm_cfg, pm_ckpt, base_cfg, base_ckpt, args.batch_sizes,
-                                 args.warmup, args.iters, args.repeat, ('fp32', ), 'cpu',
-                                 args.threads, None, random_keep, None, 0, args.data_root,
-                                 None, args.mr_iters, progress=not args.no_progress)
-        except UserError as e:
-            if 'data root' in str(e) or 'image folder' in str(e):
-                raise UserError(f'{e} (results_table: --data-root DIR takes the test images '
-                                f'from elsewhere, e.g. the sample, or --no-benchmark gives '
-                                f'GFLOPs only)') from e
-            raise
-        protocol = res['protocol']
-        names = list(res['models'])
-        res['flops'] = {base_stem: res['flops'][names[0]], pm_stem: res['flops'][names[1]]}
-        for row in res['rows']:
-            row['stem'] = base_stem if row['name'] == names[0] else pm_stem
-        res.update(keep_rate=keep_rate, prune_rate=prune_rate)
-        results[size] = res
-
-    bs = args.batch_sizes
-    head = ['model', 'keep rate', 'structure', 'GFLOPs (M/R counted)',
-            'GFLOPs (M/R not counted)', 'params (M)']
-    for b in ([] if args.no_benchmark else bs):
-        head += [f'bs{b} latency ms (IQR)', f'bs{b} img/s', f'bs{b} speed-up',
-                 f'bs{b} efficiency']
-    head += ['mIoU SS', 'mIoU MS']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for size in args.models:
-        res = results[size]
-        for stem, f in res['flops'].items():
-            compressed = stem.startswith('pm_')
-            cells = [stem, f'{res["keep_rate"]:g}' if compressed else '1', f['structure'],
-                     f'{gflops(f["flops_mr_counted"]["total"]):.2f}',
-                     f'{gflops(f["flops_mr_not_counted"]["total"]):.2f}',
-                     f'{f["params"]["total"] / 1e6:.2f}']
-            for b in ([] if args.no_benchmark else bs):
-                row = next(r for r in res['rows'] if r['stem'] == stem and r['batch'] == b)
-                lat = row['latency_ms']
-                cells += [f'{lat["median"]:.0f} ({lat["iqr"]:.0f})',
-                          f'{row["throughput_img_s"]:.2f}', f'{row["speedup"]:.2f}',
-                          f'{row["efficiency"]:.2f}' if compressed else '–']
-            cells += [ACCURACY, ACCURACY]
-            lines.append('| ' + ' | '.join(cells) + ' |')
-    if protocol:
-        print(protocol_text(protocol))
-    print('GFLOPs: mmengine.analysis, one multiply-add = one FLOP, per image at the crop; '
-          '"M/R not counted" is the official convention. Efficiency = speed-up / GFLOPs ratio '
-          '(M/R counted). "random uniform (estimate)": no compressed checkpoint was given, so '
-          'every unit holds K = N * keep_rate tokens chosen by random scores (timing / FLOPs '
-          'only; accuracy needs the trained model).')
-    print()
-    print('\n'.join(lines))
+    for path in (args.out, args.markdown):
+        if path:
+            check_output_file(path, 'output file')
+    checkpoints = {}
+    for item in args.checkpoint:
+        if '=' not in item:
+            raise UserError(f'--checkpoint takes CONFIG_STEM=PATH, got {item!r}')
+        stem, path = item.split('=', 1)
+        checkpoints[osp.splitext(osp.basename(stem))[0]] = path
+    spec = BenchmarkSpec(batch_sizes=tuple(args.batch_sizes), precisions=tuple(args.precision),
+                         warmup=args.warmup, iters=args.iters, repeat=args.repeat,
+                         device=args.device, reduction_iters=args.reduction_iters,
+                         progress=not args.no_progress)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    configs = [osp.join(REPO, 'configs', f'{m}.py') for m in METHODS]
+    entries = comparison_entries(osp.join(REPO, 'configs', f'{BASELINE}.py'), configs)
+    pm = load_config(configs[0])
+    hook = next(h for h in pm.custom_hooks if h['type'] == 'PMCompressHook')
+    models = build_entries(entries, checkpoints.get(BASELINE), checkpoints,
+                           keep_rate=hook['keep_rate'], prune_rate=hook['prune_rate'],
+                           device=args.device)
+    result = compare(entries, models, load_config(configs[0]), spec, data_root=args.data_root)
+    text = (protocol_text(result['protocol']) + '\n\nGFLOPs: mmengine.analysis, one '
+            'multiply-add = one FLOP, per image at 512x512, fused attention counted as its '
+            'matmuls; "M/R counted" includes every token-reduction op, "not counted" the blocks '
+            'and heads only; ALGM (per-image token count): mean over the images (min-max). '
+            'Speed-up = ours uncompressed (fused) latency / model latency; vs stock = mmseg\'s '
+            'stock model latency / model latency; efficiency = speed-up / GFLOPs ratio. '
+            '"random uniform (estimate)": no compressed checkpoint, so every Prune-and-Merge unit '
+            'holds K = N * keep_rate tokens chosen by random scores.\n\n'
+            + table(result, args.batch_sizes))
+    print(text)
     if args.out:
-        save_json(dict(protocol=protocol, results=results), args.out)
+        save_json(result, args.out)
         print(f'\nwrote {args.out}')
+    if args.markdown:
+        def write(tmp):
+            with open(tmp, 'w') as f:
+                f.write(text + '\n')
+        atomic_write(args.markdown, write)
+        print(f'wrote {args.markdown}')
 
 
 if __name__ == '__main__':
