@@ -17,10 +17,13 @@ Each fix is small, documented and idempotent:
    created. When no GPU is visible, the launcher helpers run with ``set_device`` as a no-op;
    with a GPU nothing changes. The backend itself and DDP's ``device_ids`` are set per run by
    :func:`prepare_cfg`.
-4. **Unreadable checkpoints** (truncated, not a torch file) raise
+4. **Quiet model builds.** mmseg warns about its own deprecated ``build_loss`` and the
+   ``avg_non_ignore`` default every time a model is built; those two warnings are filtered.
+5. **Unreadable checkpoints** (truncated, not a torch file) raise
    :class:`CheckpointReadError` naming the file instead of a deep ``torch.load`` traceback.
 """
 import functools
+import warnings
 import os.path as osp
 import pickle
 import zipfile
@@ -91,8 +94,14 @@ def refuse_download(filename: str, map_location=None, **kwargs):
         f'), or run without it: --cfg-options model.pretrained=None')
 
 
+#: mmseg 1.2.2 warnings printed on every model build, about its own API, not the user's
+MMSEG_NOISE = (r'``build_loss`` would be deprecated soon', r'Default ``avg_non_ignore`` is False')
+
+
 def apply() -> None:
     """Apply the fixes (idempotent)."""
+    for message in MMSEG_NOISE:
+        warnings.filterwarnings('ignore', message=message, category=UserWarning)
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=refuse_download,
                                      force=True)

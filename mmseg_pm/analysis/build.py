@@ -7,6 +7,7 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from ..compat import load_local_checkpoint
 from ..converters.fit import fitting_state_dict
 from ..errors import ConfigError, UserError
 from ..models.backbones import reduction_backbone
@@ -105,14 +106,13 @@ def build_segmentor(model_cfg: dict, checkpoint: Optional[str] = None, device: s
         StructureError: inconsistent Prune-and-Merge tensors in the checkpoint.
     """
     from mmengine.registry import init_default_scope
-    from mmengine.runner.checkpoint import _load_checkpoint
     from mmseg.registry import MODELS
 
     init_default_scope(default_scope)
     model = MODELS.build(model_cfg)
     if checkpoint:
         check_checkpoint(checkpoint, 'checkpoint')
-        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+        ckpt = load_local_checkpoint(checkpoint, map_location='cpu')
         state = fitting_state_dict(model, ckpt.get('state_dict', ckpt), checkpoint)
         model.load_state_dict(state, strict=True)
         meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}

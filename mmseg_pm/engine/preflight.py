@@ -11,6 +11,7 @@ import os.path as osp
 import torch
 from mmengine.config import Config
 
+from ..compat import load_local_checkpoint
 from ..converters.fit import check_checkpoint_fits, fitting_state_dict
 from ..datasets import insert_label_check
 from ..errors import ConfigError, UserError
@@ -71,8 +72,7 @@ def add_label_checks(cfg: Config, model) -> None:
 
 
 def _read_state_dict(path: str) -> dict:
-    from mmengine.runner.checkpoint import _load_checkpoint
-    ckpt = _load_checkpoint(path, map_location='cpu')
+    ckpt = load_local_checkpoint(path, map_location='cpu')
     return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
 
 
@@ -137,7 +137,7 @@ def check_test_run(cfg: Config, checkpoint: str, out_dirs=()) -> None:
         check_inference_size(backbone.grid_size, backbone.patch_size,
                              cfg.model.get('test_cfg'),
                              cfg.test_dataloader.dataset.get('pipeline'),
-                             'this model\'s token count is fixed for')
+                             'the checkpoint\'s structure was built for')
     add_label_checks(cfg, model)
 
 
