@@ -6,6 +6,7 @@ of another architecture or unusable data stops with one ``error: ...`` line and 
 folder behind. The model is built once on the CPU (no weights initialised) to validate every
 model setting; checkpoints are read to check their tensors against it.
 """
+import copy
 import os.path as osp
 
 import torch
@@ -31,8 +32,8 @@ def build_model(cfg: Config):
     from mmseg.registry import MODELS
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = cfg.model.module if cfg.model.get('type') == 'SegTTAModel' else cfg.model
-    try:
-        return MODELS.build(model_cfg)
+    try:  # a copy: building writes into nested dicts (EncoderDecoder sets backbone.pretrained)
+        return MODELS.build(copy.deepcopy(model_cfg))
     except (ConfigError, UserError):
         raise
     except (KeyError, TypeError, ValueError, AssertionError) as e:
