@@ -355,8 +355,18 @@ def check_spans(spans: Sequence[Sequence[int]], num_layers: int) -> List[Tuple[i
 # --------------------------------------------------------------------------------------------
 # applying structures
 # --------------------------------------------------------------------------------------------
+def memoized(cache: Optional[dict], key, make):
+    """``cache[key]``, made by ``make()`` on first use (no caching when ``cache`` is None)."""
+    if cache is None:
+        return make()
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+    return value
+
+
 def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
-                 num_prefix: int) -> Tensor:
+                 num_prefix: int, cache: Optional[dict] = None) -> Tensor:
     """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
 
     Prefix tokens are copied; patch ``j`` is added into group ``assign[j]`` with weight
@@ -373,6 +383,8 @@ def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: in
         merge_weight (Tensor): ``(N,)``, already zero where pruned (or masked by the caller).
         num_groups (int): K.
         num_prefix (int): P.
+        cache (dict, optional): keeps the flat row indices per batch size and device (the
+            caller clears it when the structure changes).
 
     Returns:
         Tensor: ``(B, P + K, C)`` (contiguous).
@@ -390,19 +402,23 @@ def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: in
     z = x.new_zeros(b, p + k, c)
     if p:
         z[:, :p] = x[:, :p]
-    rows = flat_rows(assign.clamp(min=0) + p, b, p + k)
+    rows = memoized(cache, ('merge', b, x.device),
+                    lambda: flat_rows(assign.clamp(min=0) + p, b, p + k))
     z.view(b * (p + k), c).index_add_(0, rows, patches.reshape(b * n, c))
     return z
 
 
 def restore_patches(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
-                    num_prefix: int, prune_mask: Optional[Tensor] = None) -> Tensor:
+                    num_prefix: int, prune_mask: Optional[Tensor] = None,
+                    cache: Optional[dict] = None) -> Tensor:
     """Sparse ``y = R z + (1 - t) * x``: restore ``(B, P + K, C)`` tokens to ``(B, P + N, C)``.
 
     Prefix tokens come from ``z``; patch ``j`` gets ``restore_weight[j] * z[P + assign[j]]``;
     pruned patches get their block input ``shortcut`` unchanged (the paper's shortcut for
-    pruned tokens; official ``tmvit.py`` Block forward). One gather, one scaling, a copy of
-    the pruned rows (:func:`mmseg_pm.functional.common.restore_tokens`).
+    pruned tokens; official ``tmvit.py`` Block forward). One gather, one in-place scaling and a
+    copy of the pruned rows, with the flat row indices kept in ``cache`` (per batch size and
+    device); with autograd recording or while exporting to ONNX,
+    :func:`mmseg_pm.functional.common.restore_tokens` (out of place).
 
     Args:
         z (Tensor): ``(B, P + K, C)`` block output in the compressed space.
@@ -411,9 +427,27 @@ def restore_patches(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight:
         restore_weight (Tensor): ``(N,)``, zero where pruned (or masked by the caller).
         num_prefix (int): P.
         prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
+        cache (dict, optional): see :func:`merge_tokens`.
 
     Returns:
         Tensor: ``(B, P + N, C)`` (contiguous).
     """
-    return restore_tokens(z, assign, num_prefix, weight=restore_weight, shortcut=shortcut,
-                          dropped=prune_mask)
+    record = torch.is_grad_enabled() and (z.requires_grad or shortcut.requires_grad
+                                          or restore_weight.requires_grad)
+    if record or torch.onnx.is_in_onnx_export() or z.is_cuda or z.dtype != shortcut.dtype:
+        return restore_tokens(z, assign, num_prefix, weight=restore_weight, shortcut=shortcut,
+                              dropped=prune_mask)
+    b, pk, c = z.shape
+    p, n = num_prefix, assign.numel()
+    rows = memoized(cache, ('restore', b, z.device), lambda: flat_rows(torch.cat(
+        [torch.arange(p, device=assign.device), assign.clamp(min=0) + p]), b, pk))
+    y = z.reshape(b * pk, c).index_select(0, rows).view(b, p + n, c)
+    y.mul_(torch.cat([restore_weight.new_ones(p), restore_weight]).to(y.dtype)[None, :, None])
+    if prune_mask is None:
+        prune_mask = assign < 0
+    pos = memoized(cache, ('pruned', b, z.device), lambda: flat_rows(
+        torch.nonzero(prune_mask).flatten() + p, b, p + n))
+    if pos.numel():
+        y.view(b * (p + n), c).index_copy_(0, pos,
+                                           shortcut.reshape(b * (p + n), c).index_select(0, pos))
+    return y

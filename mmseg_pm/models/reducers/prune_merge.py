@@ -137,6 +137,7 @@ class PruneMergeUnit(nn.Module):
         self._any_pruned = bool(self._pruned.any())
         self._kept = (~self._pruned).to(torch.float32)
         self._gather_index = self.assign.clamp(min=0)
+        self._index_cache = {}  # flat row indices per batch size (functional.prune_merge)
         n = self.assign.numel()
         if self.representation == 'sparse':
             weights_are_one = bool((self.merge_weight == 1).all() and
@@ -162,7 +163,7 @@ class PruneMergeUnit(nn.Module):
             return pmd.merge_tokens_dense(x, self.merge_matrix)
         weight = self.merge_weight * self._kept if self._any_pruned else self.merge_weight
         return pm.merge_tokens(x, self._gather_index, weight, self.centers.numel(),
-                               self.num_prefix)
+                               self.num_prefix, self._index_cache)
 
     def restore(self, z: Tensor, shortcut: Tensor) -> Tensor:
         """``y = R z + (1 - t) * shortcut``: ``(B, P + K, C) -> (B, P + N, C)``; ``shortcut``
@@ -171,7 +172,7 @@ class PruneMergeUnit(nn.Module):
             return pmd.restore_tokens_dense(z, shortcut, self.restore_matrix, self.token_mask)
         weight = self.restore_weight * self._kept if self._any_pruned else self.restore_weight
         return pm.restore_patches(z, shortcut, self._gather_index, weight, self.num_prefix,
-                                  self._pruned if self._any_pruned else None)
+                                  self._pruned, self._index_cache)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
