@@ -1,5 +1,4 @@
 """ALGM for dense prediction: local 2x2 merging in the first block, global merging mid-network."""
-from functools import partial
 from typing import Optional, Sequence, Set
 
 from mmseg.registry import MODELS
@@ -7,7 +6,6 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from ...functional.algm import algm_global_merge, algm_local_merge
-from ...functional.common import restore_tokens
 from ..layers.attention import AttentionTap
 from .base import ReductionContext, TokenReducer
 
@@ -96,11 +94,7 @@ class ALGM(TokenReducer):
         else:
             red = algm_global_merge(x, ctx.size, block + 1, p, self.batch_minimum,
                                     self.std_scale)
-        if red.x is x:
-            return x
-        ctx.push(partial(restore_tokens, index=red.index, num_prefix=p), red.index, block)
-        ctx.size = red.size
-        return red.x
+        return ctx.apply(x, red, block)
 
     def reduction_flops(self, token_counts: Sequence[int], out_indices: Sequence[int]) -> dict:
         """Global similarity ``ceil(L/2) floor(L/2) C`` (matmul, counted); local window

@@ -1,4 +1,5 @@
 """The token-reducer interface shared by every method, and the per-forward reduction state."""
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -6,7 +7,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...functional.common import compose_index
+from ...functional.common import Reduction, compose_index, restore_tokens
 from ..layers.attention import AttentionTap
 
 
@@ -66,6 +67,20 @@ class ReductionContext:
         self.source = index if self.source is None else compose_index(self.source, index)
         if self.groups is not None:
             self.groups.append((block, self.source.detach().clone()))
+
+    def apply(self, x: Tensor, red: Reduction, block: int,
+              restore: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+        """Adopt the :class:`~mmseg_pm.functional.common.Reduction` ``red`` of ``x``: open its
+        step (``restore`` or, by default, unmerging by copy through ``red.index``), take its
+        sizes, and return the reduced tokens (``x`` itself when nothing was reduced)."""
+        if red.x is x:
+            return x
+        if restore is None:
+            restore = partial(restore_tokens, index=red.index, num_prefix=self.num_prefix)
+        self.push(restore, red.index, block)
+        if red.size is not None:
+            self.size = red.size
+        return red.x
 
     def pop(self, x: Tensor) -> Tensor:
         """Close the innermost step: undo it on ``x`` and return the longer sequence."""

@@ -91,8 +91,7 @@ class EViT(TokenReducer):
                               fused_slot=slot, fused_start=red.x[:, p + slot].detach())
         else:
             restore = partial(restore_tokens, index=red.index, num_prefix=p, shortcut=x)
-        ctx.push(restore, red.index, block)
-        return red.x
+        return ctx.apply(x, red, block, restore)
 
     def reduction_flops(self, token_counts: Sequence[int], out_indices: Sequence[int]) -> dict:
         """CLS row ``L C`` per drop (matmul, counted) and the fusion ``(n - k) C`` (not)."""

@@ -199,11 +199,7 @@ class MSTM(TokenReducer):
         metric = tap.keys[:, p:] if self.metric == 'keys' else x[:, p:]
         red = mstm_merge(x, tap.cls_attention[:, p:], metric, ctx.size, self.keep_rate, p,
                          self.weighting)
-        if red.x is x:
-            return x
-        ctx.push(partial(restore_tokens, index=red.index, num_prefix=p), red.index, block)
-        ctx.size = red.size
-        return red.x
+        return ctx.apply(x, red, block)
 
     def reduction_flops(self, token_counts: Sequence[int], out_indices: Sequence[int]) -> dict:
         """CLS row ``L C`` and similarity ``(n - K) K d`` per stage (matmuls, counted); the

@@ -1,11 +1,9 @@
 """ToMe for dense prediction: bipartite soft matching in every block, restored by unmerging."""
-from functools import partial
 from typing import Optional, Sequence, Set, Union
 
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ...functional.common import restore_tokens
 from ...functional.tome import parse_r, tome_merge
 from ..layers.attention import AttentionTap
 from .base import ReductionContext, TokenReducer
@@ -60,10 +58,7 @@ class ToMe(TokenReducer):
     def post_attn(self, block: int, x: Tensor, ctx: ReductionContext,
                   tap: Optional[AttentionTap]) -> Tensor:
         red = tome_merge(x, tap.keys, ctx.size, self.schedule[block], ctx.num_prefix)
-        ctx.push(partial(restore_tokens, index=red.index, num_prefix=ctx.num_prefix),
-                 red.index, block)
-        ctx.size = red.size
-        return red.x
+        return ctx.apply(x, red, block)
 
     def reduction_flops(self, token_counts: Sequence[int], out_indices: Sequence[int]) -> dict:
         """Similarity ``ceil(L/2) floor(L/2) d`` per merging block (a matmul the counter sees)
