@@ -135,6 +135,16 @@ def compose_index(outer: Tensor, inner: Tensor) -> Tensor:
     return torch.where(outer < 0, -1, out)
 
 
+def memoized(cache: Optional[dict], key, make):
+    """``cache[key]``, made by ``make()`` on first use (no caching when ``cache`` is None)."""
+    if cache is None:
+        return make()
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+    return value
+
+
 def sort_indices(x: Tensor, dim: int = -1, descending: bool = False) -> Tensor:
     """Indices that sort ``x`` along ``dim``; ties keep their order (lower position first).
 

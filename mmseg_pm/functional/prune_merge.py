@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, StructureError
-from .common import flat_rows, restore_tokens
+from .common import flat_rows, memoized, restore_tokens
 
 #: epsilon of the official code in the weight denominator and the L2 normalisation
 #: (``tm_prune_merge_to_center.get_merge_matrix`` / ``tm_prune``)
@@ -355,16 +355,6 @@ def check_spans(spans: Sequence[Sequence[int]], num_layers: int) -> List[Tuple[i
 # --------------------------------------------------------------------------------------------
 # applying structures
 # --------------------------------------------------------------------------------------------
-def memoized(cache: Optional[dict], key, make):
-    """``cache[key]``, made by ``make()`` on first use (no caching when ``cache`` is None)."""
-    if cache is None:
-        return make()
-    value = cache.get(key)
-    if value is None:
-        value = cache[key] = make()
-    return value
-
-
 def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
                  num_prefix: int, cache: Optional[dict] = None) -> Tensor:
     """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
