@@ -2,7 +2,7 @@
 the Slurm scripts launch the tools with ``--launcher slurm``.
 
 Scores are summed over ranks (``mmengine.dist.all_reduce``), and one scoring batch contributes
-``|v|`` of its *signed* sum (method.md §2), so a batch is a rank's local batch: 2 ranks x batch 2
+``|v|`` of its *signed* sum (the official ``Attention.compute_rank_attn``), so a batch is a rank's local batch: 2 ranks x batch 2
 x 2 iterations score the same four 2-image batches as 1 process x batch 2 x 4 iterations that
 sees the ranks' batches one after the other. (One process with batch 4 would not: it takes
 ``|v_0 + v_1|`` where the ranks take ``|v_0| + |v_1|``.) Both runs use a sequential sampler,
@@ -21,7 +21,8 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
 
 DEMO = osp.join(REPO, 'configs', 'demo', 'pm_segmenter_vit-t_ade20k-sample-256.py')
 
@@ -55,7 +56,10 @@ class DumpRankStructureHook(Hook):
 CONFIG = '''
 _base_ = [{demo!r}]
 custom_imports = dict(imports=['mmseg_pm', 'pm_rank_dump'], allow_failed_imports=False)
-custom_hooks = [dict(type='PMCompressHook'), dict(type='DumpRankStructureHook')]
+custom_hooks = [
+    dict(type='PMCompressHook', keep_rate=0.6, prune_rate=0.1, score_iters=2, score_mode='eval'),
+    dict(type='DumpRankStructureHook')
+]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -68,7 +72,6 @@ train_dataloader = dict(
     dataset=dict(data_root={root!r}, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root={root!r}))
 test_dataloader = val_dataloader
-model = dict(backbone=dict(pm_cfg=dict(score_mode='eval')))
 '''
 
 
@@ -160,7 +163,7 @@ def test_two_ranks_match_one_process(sample_root, tmp_path):
     # one process, the four batches in the order the ranks consumed them:
     # rank 0 takes images (0, 2), (4, 6), rank 1 takes (1, 3), (5, 7)
     log = run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(single_dir),
-               '--cfg-options', 'model.backbone.pm_cfg.score_iters=4',
+               '--cfg-options', 'custom_hooks.0.score_iters=4',
                'train_dataloader.dataset.indices=[0,2,1,3,4,6,5,7]',
                'train_cfg.max_iters=1', 'train_cfg.val_begin=100'], tmp_path)
     assert 'Prune-and-Merge: scoring 12 blocks over 4 iterations (eval mode)' in log
@@ -210,7 +213,7 @@ def test_two_ranks_match_one_process(sample_root, tmp_path):
 def test_two_ranks_with_validation_exit_cleanly(sample_root, tmp_path):
     """torchrun training with validation at its end exits 0, run after run.
 
-    Without the process group destroyed before exit (``mmseg_pm.utils.runtime.destroy_dist``)
+    Without the process group destroyed before exit (``mmseg_pm.utils.cli.destroy_dist``)
     a gloo worker thread could free the tensors of the last ``broadcast_object_list`` (the
     validation metrics) during interpreter finalization and abort the rank after a successful
     run ("terminate called without an active exception", torchrun exit code 1): about 1 run
@@ -258,7 +261,7 @@ def test_slurm_scripts_command_line(tmp_path):
 def test_prepare_cfg_for_cpu_distributed():
     from mmengine.config import Config
 
-    from mmseg_pm.utils.runtime import prepare_cfg
+    from mmseg_pm.compat import prepare_cfg
     cfg = Config.fromfile(DEMO)  # model_wrapper_cfg with find_unused_parameters=True
     cfg.launcher = 'pytorch'
     prepare_cfg(cfg)
