@@ -17,7 +17,8 @@ throughput = batch / median latency (images / s), ``speedup`` = uncompressed med
 median, ``speedup_vs_stock`` = stock median / row median, GFLOPs ratio = uncompressed GFLOPs /
 row GFLOPs (reduction ops counted; 1 multiply-add = 1 FLOP), efficiency = speed-up / GFLOPs
 ratio, peak memory (:mod:`.memory`) and the share of the forward spent in token-reduction ops
-(``torch.profiler`` ranges named ``token_reduction`` placed by the backbone).
+(timed at the backbone's reduction hook points, where it also places ``torch.profiler``
+ranges named ``token_reduction`` for a profile).
 """
 import contextlib
 import os
@@ -113,33 +114,34 @@ def latency_stats(samples_s: Sequence[float]) -> dict:
 
 def reduction_time(model: nn.Module, x: Tensor, iters: int, device: str,
                    precision: str) -> Optional[dict]:
-    """Share of the forward spent in token-reduction ops, from ``torch.profiler`` ranges named
-    ``token_reduction`` (placed by the backbone around every reducer hook and restore).
+    """Share of the forward spent in token-reduction ops: wall time inside the backbone's
+    reduction hooks and restores (:class:`~mmseg_pm.models.backbones.ReductionTimer`, the same
+    places as the ``token_reduction`` profiler ranges) against the whole forward, over
+    ``iters`` forwards (medians).
 
     Returns:
-        dict or None: ``reduction_ms`` and ``forward_ms`` (median over ``iters`` profiled
-        forwards; the profiler adds its own overhead to both) and ``fraction``; None for a
-        model that does not reduce.
+        dict or None: ``reduction_ms``, ``forward_ms`` and ``fraction``; None for a model
+        that does not reduce.
     """
+    from ..models.backbones import ReductionTimer
     backbone = reduction_backbone(model)
     if backbone is None or not backbone.is_reducing or iters < 1:
         return None
-    from torch.profiler import ProfilerActivity, profile, record_function
-    activities = [ProfilerActivity.CPU]
-    if str(device).startswith('cuda'):
-        activities.append(ProfilerActivity.CUDA)
     red, fwd = [], []
     with torch.no_grad(), autocast(device, precision):
         model(x, mode='tensor')
         for _ in range(iters):
-            with profile(activities=activities) as prof:
-                with record_function('forward'):
-                    model(x, mode='tensor')
+            backbone.reduction_timer = timer = ReductionTimer(str(device).startswith('cuda'))
+            try:
                 _sync(device)
-            events = prof.events()
-            fwd.append(sum(e.cpu_time_total for e in events if e.name == 'forward'))
-            red.append(sum(e.cpu_time_total for e in events if e.name == 'token_reduction'))
-    red_ms, fwd_ms = statistics.median(red) / 1e3, statistics.median(fwd) / 1e3
+                start = time.perf_counter()
+                model(x, mode='tensor')
+                _sync(device)
+                fwd.append(time.perf_counter() - start)
+            finally:
+                backbone.reduction_timer = None
+            red.append(timer.seconds)
+    red_ms, fwd_ms = 1e3 * statistics.median(red), 1e3 * statistics.median(fwd)
     return dict(reduction_ms=red_ms, forward_ms=fwd_ms,
                 fraction=red_ms / fwd_ms if fwd_ms else 0.0)
 

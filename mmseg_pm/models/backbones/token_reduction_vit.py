@@ -1,5 +1,6 @@
 """``TokenReductionViT``: mmseg's VisionTransformer with fused attention and a token reducer."""
 import contextlib
+import time
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
@@ -14,9 +15,34 @@ from ..layers.attention import AttentionTap, encoder_layer_forward, fuse_attenti
 from ..reducers.base import ReductionContext, TokenReducer
 
 
-def reduction_range():
-    """A ``torch.profiler`` range named ``token_reduction`` while a profiler runs (the
-    benchmark's time share of the reduction ops), else nothing (no cost, nothing traced)."""
+class ReductionTimer:
+    """Wall time spent in the token-reduction hooks of a backbone's forwards (seconds), for
+    the benchmark's time share: set ``backbone.reduction_timer = ReductionTimer()``.
+
+    Timed with ``time.perf_counter`` around every reducer hook and restore (the same places as
+    the ``token_reduction`` profiler ranges), with ``torch.cuda.synchronize`` on GPU.
+    """
+
+    def __init__(self, cuda: bool = False):
+        self.seconds = 0.0
+        self.cuda = cuda
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+
+
+def reduction_range(timer: Optional[ReductionTimer] = None):
+    """Around a reduction hook: the ``timer`` when one is set, a ``torch.profiler`` range named
+    ``token_reduction`` while a profiler runs, else nothing (no cost, nothing traced)."""
+    if timer is not None:
+        return timer()
     if torch.autograd._profiler_enabled():
         return torch.profiler.record_function('token_reduction')
     return contextlib.nullcontext()
@@ -113,6 +139,7 @@ class TokenReductionViT(VisionTransformer):
         self.reduction_enabled = True
         self.attention_map_hooks: Dict[int, Callable[[Tensor], None]] = {}
         self.record_groups = False
+        self.reduction_timer: Optional[ReductionTimer] = None
         self.last_token_counts = None
         self.last_groups = None
         self._freeze()
@@ -233,7 +260,7 @@ class TokenReductionViT(VisionTransformer):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if reducer is not None:
-                with reduction_range():
+                with reduction_range(self.reduction_timer):
                     x = reducer.pre_block(i, x, ctx)
             ctx.token_counts.append(int(x.shape[1]))
             tap = reducer.tap(i) if i in post_attn else None
@@ -245,14 +272,15 @@ class TokenReductionViT(VisionTransformer):
             if tap is None and bias is None and i not in post_attn:
                 x = layer(x)
             else:
-                between = (partial(_in_range, reducer.post_attn, i, ctx=ctx, tap=tap)
+                between = (partial(_in_range, self.reduction_timer, reducer.post_attn, i, ctx=ctx,
+                                   tap=tap)
                            if i in post_attn else None)
                 x = encoder_layer_forward(layer, x, bias, tap, between)
             if reducer is not None:
-                with reduction_range():
+                with reduction_range(self.reduction_timer):
                     x = reducer.post_block(i, x, ctx)
             if i == last:
-                with reduction_range():
+                with reduction_range(self.reduction_timer):
                     x = ctx.restore(x)
                 if self.final_norm:
                     x = self.norm1(x)
@@ -260,7 +288,7 @@ class TokenReductionViT(VisionTransformer):
                 if i == last or not ctx.restores:
                     outs.append(fmt(x))
                 elif self.restore_outputs:
-                    with reduction_range():
+                    with reduction_range(self.reduction_timer):
                         outs.append(fmt(ctx.restore(x)))
                 else:
                     outs.append(CompressedTokens(x, ctx.snapshot(), fmt))
@@ -269,10 +297,8 @@ class TokenReductionViT(VisionTransformer):
         return tuple(outs)
 
 
-
-
-def _in_range(hook, *args, **kwargs):
-    with reduction_range():
+def _in_range(timer, hook, *args, **kwargs):
+    with reduction_range(timer):
         return hook(*args, **kwargs)
 
 
@@ -285,4 +311,4 @@ def reduction_backbone(model) -> Optional[TokenReductionViT]:
     return backbone if isinstance(backbone, TokenReductionViT) else None
 
 
-__all__ = ['TokenReductionViT', 'CompressedTokens', 'reduction_backbone']
+__all__ = ['TokenReductionViT', 'CompressedTokens', 'ReductionTimer', 'reduction_backbone']
