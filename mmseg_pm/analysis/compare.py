@@ -173,10 +173,10 @@ class Comparison:
 
     Args:
         settings (CompareSettings): what to run.
-        log (callable): one-line progress messages. Default: print.
+        log (callable): progress messages. Default: ``tqdm.write`` (keeps the bars intact).
     """
 
-    def __init__(self, settings: CompareSettings, log: Callable[[str], None] = print):
+    def __init__(self, settings: CompareSettings, log: Callable[[str], None] = tqdm.write):
         self.s = settings
         self.log = log
         self.doc = None
@@ -291,21 +291,27 @@ class Comparison:
                      f'skipped: {", ".join(sorted(done))}')
         self.log(f'uncompressed: {self.base_gflops:.4g} GFLOPs per image at '
                  f'{self.crop[0]}x{self.crop[1]}; {len(self.data.samples)} validation images')
-        if 'uncompressed' not in done:
-            self._add(self._uncompressed_row())
-        for method in s.methods:
-            todo = [b for b in s.budgets if row_key(method, b) not in done]
-            if not todo:
-                continue
-            try:
-                mm = self._method_model(method)
-            except MMSegPMError as e:
-                for b in todo:
-                    self._add(self._row(method, b, status='unsupported', reason=one_line(e)))
-                continue
-            for budget in todo:
-                self._add(self._method_row(mm, budget))
-            del mm
+        todo = {m: [b for b in s.budgets if row_key(m, b) not in done] for m in s.methods}
+        self.bar = tqdm(total=sum(map(len, todo.values())) + ('uncompressed' not in done),
+                        desc='rows', unit='row', disable=not s.progress, dynamic_ncols=True)
+        try:
+            if 'uncompressed' not in done:
+                self._add(self._uncompressed_row())
+            for method, budgets in todo.items():
+                if not budgets:
+                    continue
+                try:
+                    mm = self._method_model(method)
+                except MMSegPMError as e:
+                    for b in budgets:
+                        self._add(self._row(method, b, status='unsupported',
+                                            reason=one_line(e)))
+                    continue
+                for budget in budgets:
+                    self._add(self._method_row(mm, budget))
+                del mm
+        finally:
+            self.bar.close()
         doc['protocol']['sessions'][-1].update(finished_at=_now(),
                                                seconds=round(time.time() - started, 1))
         self._write()
@@ -320,6 +326,7 @@ class Comparison:
         self.doc['rows'] = [r for r in self.doc['rows'] if r['key'] != row['key']] + [row]
         self._write()
         self.written += 1
+        self.bar.update(1)
         stop = os.environ.get(STOP_ENV)
         if stop and self.written >= int(stop):
             self.log(f'{STOP_ENV}={stop}: stopping after {self.written} rows (simulated '
@@ -425,7 +432,8 @@ class Comparison:
         return self._row(method, budget, seconds=round(time.time() - t0, 1), **fields)
 
 
-def run_comparison(settings: CompareSettings, log: Callable[[str], None] = print) -> dict:
+def run_comparison(settings: CompareSettings,
+                   log: Callable[[str], None] = tqdm.write) -> dict:
     """:meth:`Comparison.prepare` then :meth:`Comparison.run`; returns the document.
 
     Raises:
