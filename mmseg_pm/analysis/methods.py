@@ -37,8 +37,15 @@ class MethodModel:
         self.counts = {}
 
     def configure(self, value) -> dict:
-        """Set the knob; returns what the row records (``token_reduction`` config, or the
-        Prune-and-Merge settings and per-unit K)."""
+        """Set the knob to ``value`` (a float, or an int for ToMe's ``r``).
+
+        Returns:
+            dict: what the row records: ``token_reduction`` (the reducer config), or ``pm``
+            (the compression settings and per-unit ``K`` / merged / pruned counts).
+
+        Raises:
+            ConfigError: a value the method refuses (out of range).
+        """
         if self.pm is None:
             cfg = self.knob.make(value)
             self.backbone.replace_reducer(cfg)
@@ -57,18 +64,21 @@ class MethodModel:
             for r in rows]))
 
     def gflops(self, value) -> float:
-        """GFLOPs per image (reduction ops counted) at knob ``value``; per-image methods: the
-        mean over the images. Cached per value (details in :attr:`counts`)."""
+        """GFLOPs per image at knob ``value`` (1 multiply-add = 1 FLOP, reduction ops counted,
+        :func:`~mmseg_pm.analysis.flops.count_flops` at the images' size); per-image methods
+        (ALGM): the mean over the images. Cached per value; :attr:`counts` keeps ``gflops``,
+        ``per_image`` (mean / min / max / n, per-image methods) and ``tokens`` (per block,
+        static methods). Leaves the model set to ``value``."""
         if value not in self.counts:
             self.configure(value)
             if self.backbone.reducer.static:
                 f = count_flops(self.model, inputs=self.images[:1])
-                g, per_image = gflops(f['flops_mr_counted']['total']), None
-            else:
+                g, per_image, tokens = gflops(f['flops_mr_counted']['total']), None, f['tokens']
+            else:  # token counts differ per image: no one token list
                 f = count_flops_over_images(self.model, self.images)
                 per_image = {k: f['per_image'][k] for k in ('mean', 'min', 'max', 'n')}
-                g = per_image['mean']
-            self.counts[value] = dict(gflops=g, per_image=per_image, tokens=f['tokens'])
+                g, tokens = per_image['mean'], None
+            self.counts[value] = dict(gflops=g, per_image=per_image, tokens=tokens)
         return self.counts[value]['gflops']
 
 
