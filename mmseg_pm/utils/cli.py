@@ -4,6 +4,7 @@ import gc
 import os
 import os.path as osp
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence, Tuple
 
 from mmengine.config import DictAction
@@ -94,7 +95,9 @@ class ConfigOptions(DictAction):
 def check_writable_dir(path: str, what: str) -> None:
     """Raise UserError unless ``path`` is, or can be created as, a writable directory.
 
-    Nothing is created: the first existing ancestor must be a writable directory.
+    Nothing is left behind: the first existing ancestor must be a writable directory, which
+    a temporary file (deleted at once) proves where the mode bits cannot (root, read-only or
+    special file systems).
     """
     path = osp.abspath(path)
     probe = path
@@ -108,6 +111,12 @@ def check_writable_dir(path: str, what: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f'{what} {path} is not writable ({probe}: permission denied); '
                         f'choose another location')
+    try:  # what the mode bits do not say (read-only or special file systems, root)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f'{what} {path} is not writable ({probe}: '
+                        f'{e.strerror or type(e).__name__}); choose another location') from None
 
 
 def check_output_file(path: str, what: str = 'output file', inputs: Sequence[str] = ()) -> None:

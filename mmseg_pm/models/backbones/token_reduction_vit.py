@@ -118,19 +118,7 @@ class TokenReductionViT(VisionTransformer):
         num_layers = len(self.layers)
         self.out_indices = [i % num_layers for i in self.out_indices]
         fuse_attention(self.layers)
-        reducer = None
-        if token_reduction is not None:
-            reducer = MODELS.build(token_reduction, default_args=dict(
-                num_layers=num_layers, grid_size=self.grid_size,
-                num_prefix=int(self.with_cls_token), embed_dims=int(self.pos_embed.shape[-1]),
-                num_heads=self.layers[0].attn.num_heads, patch_size=self.patch_size,
-                in_channels=self.patch_embed.projection.in_channels))
-            if not isinstance(reducer, TokenReducer):
-                raise ConfigError(f'token_reduction must build a TokenReducer, got '
-                                  f'{type(reducer).__name__}')
-            if reducer.post_attn_blocks and self.with_cp:
-                raise ConfigError(f'with_cp (activation checkpointing) is not supported with '
-                                  f'{type(reducer).__name__}, which acts inside blocks')
+        reducer = self.build_reducer(token_reduction) if token_reduction is not None else None
         if reducer is not None:
             self.add_module(self.reducer_attr, reducer)
         else:  # a plain attribute: reducer tensors in a checkpoint are then unexpected keys
@@ -143,6 +131,49 @@ class TokenReductionViT(VisionTransformer):
         self.last_token_counts = None
         self.last_groups = None
         self._freeze()
+
+    def build_reducer(self, token_reduction: dict) -> TokenReducer:
+        """Build a reducer from its config for this backbone (which supplies ``num_layers``,
+        ``grid_size``, ``num_prefix``, ``embed_dims``, ``num_heads``, ``patch_size``,
+        ``in_channels``); the backbone is not changed.
+
+        Raises:
+            ConfigError: not a token reducer, bad settings, or ``with_cp`` with a reducer that
+                acts inside blocks.
+        """
+        reducer = MODELS.build(token_reduction, default_args=dict(
+            num_layers=len(self.layers), grid_size=self.grid_size,
+            num_prefix=int(self.with_cls_token), embed_dims=int(self.pos_embed.shape[-1]),
+            num_heads=self.layers[0].attn.num_heads, patch_size=self.patch_size,
+            in_channels=self.patch_embed.projection.in_channels))
+        if not isinstance(reducer, TokenReducer):
+            raise ConfigError(f'token_reduction must build a TokenReducer, got '
+                              f'{type(reducer).__name__}')
+        if reducer.post_attn_blocks and self.with_cp:
+            raise ConfigError(f'with_cp (activation checkpointing) is not supported with '
+                              f'{type(reducer).__name__}, which acts inside blocks')
+        return reducer
+
+    def replace_reducer(self, token_reduction: dict) -> TokenReducer:
+        """Swap in a new reducer built from ``token_reduction`` (same device and mode as the
+        backbone), e.g. to try another setting of a parameter-free method on the same
+        weights. Only for a backbone that already has a reducer (its state-dict keys stay).
+
+        Returns:
+            TokenReducer: the new reducer.
+
+        Raises:
+            ConfigError: as :meth:`build_reducer`; a backbone built without a reducer.
+        """
+        if self.reducer is None:
+            raise ConfigError('replace_reducer needs a backbone built with token_reduction')
+        reducer = self.build_reducer(token_reduction)
+        param = next(self.parameters(), None)
+        if param is not None:
+            reducer.to(param.device)
+        reducer.train(self.training)
+        self.add_module(self.reducer_attr, reducer)
+        return reducer
 
     @property
     def reducer(self) -> Optional[TokenReducer]:
