@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# pinned as in ../shared/docs/environment.md: three '=' so a local "+cpu" torch wheel is never picked
+# pinned: three '=' so a local "+cpu" torch wheel is never picked
 TORCH_SPEC := torch===2.13.0 torchvision==0.28.0
 STAMP := $(VENV)/.mmseg_pm-installed
 

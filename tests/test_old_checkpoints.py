@@ -1,7 +1,8 @@
 """Compressed checkpoints written by earlier versions keep loading, strictly, with equal outputs.
 
 The fixtures under ``tests/data/old_checkpoints`` were written by the code of mmseg_pm 0.1.0
-(commit fd8b71c, before the layout redesign) with ``generate.py`` of that version: per-layer and
+(commit fd8b71c, before the layout redesign) with ``tests/data/old_checkpoints/generate.py`` of
+commit 3224544 (removed since; see the git history): per-layer and
 span structures, sparse and dense M / R, pruning, non-square grids, an output inside a span, and
 M / R moved off their initial values as finetuning would. Keep this test forever.
 """

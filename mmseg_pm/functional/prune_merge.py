@@ -210,7 +210,7 @@ def build_structure(scores: Tensor, center_mask: Tensor, prune_mask: Tensor,
     for name, t in (('scores', scores), ('center_mask', center_mask), ('prune_mask', prune_mask)):
         if t.shape != (n,):
             raise StructureError(f'{name} must have shape ({n},) for grid {h}x{w}, '
-                                   f'got {tuple(t.shape)}')
+                                 f'got {tuple(t.shape)}')
     if bool((center_mask & prune_mask).any()):
         raise StructureError('a patch cannot be both a center and pruned')
     centers = torch.nonzero(center_mask).flatten()

@@ -48,7 +48,7 @@ def merge_tokens_dense(x: Tensor, merge_matrix: Tensor) -> Tensor:
 
 
 def restore_tokens_dense(z: Tensor, shortcut: Tensor, restore_matrix: Tensor,
-                             token_mask: Tensor) -> Tensor:
+                         token_mask: Tensor) -> Tensor:
     """Dense ``y = R z + (1 - t) * x``: ``(B, P+K, C) -> (B, P+N, C)`` (as the official code
     applies R and the pruned-token shortcut with ``tensordot``)."""
     return (torch.matmul(restore_matrix.to(z.dtype), z)
@@ -99,22 +99,22 @@ def structure_from_dense(merge_matrix: Tensor, restore_matrix: Tensor,
     m, r = merge_matrix.detach(), restore_matrix.detach()
     if m.dim() != 2 or m.shape[0] <= p or m.shape[1] <= p:
         raise StructureError(f'{where}: merge matrix must be 2-D (P + K, P + N) with K, N >= '
-                               f'1, got {tuple(m.shape)}')
+                             f'1, got {tuple(m.shape)}')
     k, n = m.shape[0] - p, m.shape[1] - p
     if tuple(r.shape) != (p + n, p + k):
         raise StructureError(f'{where}: recover matrix has shape {tuple(r.shape)}, expected '
-                               f'{(p + n, p + k)} for merge matrix {tuple(m.shape)}')
+                             f'{(p + n, p + k)} for merge matrix {tuple(m.shape)}')
     if grid_size is None:
         side = math.isqrt(n)
         if side * side != n:
             raise StructureError(f'{where}: {n} patch tokens do not form a square grid; give '
-                                   f'the crop size (--img-size)')
+                                 f'the crop size (--img-size)')
         grid = (side, side)
     else:
         grid = tuple(int(v) for v in grid_size)
         if grid[0] * grid[1] != n:
             raise StructureError(f'{where}: the matrices hold N={n} patch tokens, the grid '
-                                   f'{grid[0]}x{grid[1]} holds {grid[0] * grid[1]}')
+                                 f'{grid[0]}x{grid[1]} holds {grid[0] * grid[1]}')
     t = torch.ones(p + n) if token_mask is None else token_mask.detach().flatten().float()
     if t.numel() != p + n:
         raise StructureError(f'{where}: token mask has {t.numel()} values, expected {p + n}')
@@ -161,8 +161,6 @@ def structure_from_dense(merge_matrix: Tensor, restore_matrix: Tensor,
     structure = PMStructure(grid, assign, centers, mw, rw)
     validate_structure(structure, where=where)
     return structure, m, r, notes
-
-
 
 
 def support_weights(merge_matrix: Tensor, restore_matrix: Tensor, assign: Tensor,

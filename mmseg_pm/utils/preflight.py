@@ -138,8 +138,8 @@ def check_checkpoint_readable(path: str, what: str = 'checkpoint') -> None:
     else:
         reason = 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
     raise CheckpointReadError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. Copy '
-                    f'it again (an interrupted download, copy or save?) or use another '
-                    f'checkpoint')
+                              f'it again (an interrupted download, copy or save?) or use another '
+                              f'checkpoint')
 
 
 def pretrained_paths(cfg):
@@ -344,11 +344,11 @@ def check_inference_size(grid, patch_size: int, test_cfg, pipeline, what: str) -
         c = test_cfg.get('crop_size')
         if c is None or int(c[0]) > ch or int(c[1]) > cw:
             raise FixedTokenCountError(f'test_cfg.crop_size={tuple(c) if c else None} is larger than the '
-                            f'{ch}x{cw} crop {what} (fixed token count); {fix}')
+                                       f'{ch}x{cw} crop {what} (fixed token count); {fix}')
         return
     bound = max_pipeline_size(pipeline)
     if bound is None or bound[0] > ch or bound[1] > cw:
         size = 'of any size' if bound is None else f'up to {bound[0]}x{bound[1]}'
         raise FixedTokenCountError(f'test_cfg.mode={mode!r} feeds whole images ({size} after the test '
-                        f'pipeline) to a model with a fixed token count for the {ch}x{cw} '
-                        f'crop {what}; {fix}')
+                                   f'pipeline) to a model with a fixed token count for the {ch}x{cw} '
+                                   f'crop {what}; {fix}')

@@ -44,7 +44,7 @@ def reference_scores(bb, x, weight):
         tokens, a = manual_forward(bb, x, layer)
         (tokens[:, 1:] * weight).sum().backward()
         v = (a.detach() * a.grad).double().sum((0, 1, 2)) / (a.shape[0] * a.shape[1] *
-                                                              a.shape[2])
+                                                             a.shape[2])
         scores.append(v[1:].abs())
     return scores
 

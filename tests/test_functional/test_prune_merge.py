@@ -63,7 +63,7 @@ def test_sparse_equals_dense_and_shortcut():
     block_out = z * 3.0
     y = pm.restore_patches(block_out, x, s.assign, s.restore_weight, 1)
     yd = pmd.restore_tokens_dense(block_out, x, pmd.to_dense_restore(s, 1),
-                                     pmd.to_token_mask(s, 1))
+                                  pmd.to_token_mask(s, 1))
     assert torch.allclose(y, yd, atol=1e-6)
     # pruned tokens come back unchanged through the shortcut; CLS comes from the block
     assert torch.equal(y[:, 1:][:, s.pruned], x[:, 1:][:, s.pruned])

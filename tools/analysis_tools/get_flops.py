@@ -80,7 +80,7 @@ def main():
     result['config'] = osp.abspath(args.config)
     result['checkpoint'] = osp.abspath(args.checkpoint) if args.checkpoint else None
     title = f'{config_name(args.config)}' + (f' + {osp.basename(args.checkpoint)}'
-                                              if args.checkpoint else ' (random weights)')
+                                             if args.checkpoint else ' (random weights)')
     print(format_flops_report(result, title))
     if getattr(backbone, 'pm', None) is not None and not result['compressed']:
         print('\nNote: this Prune-and-Merge model holds no structure, so the count is the '

@@ -192,7 +192,7 @@ def main():
         fig.text((i + 0.5) / n, 1 - 0.5 * TITLE_PX / height,
                  f'{method}, after block {block}: {int(kept.unique().numel())} groups of '
                  f'{groups.numel()} patches' + (f', {int(dropped.sum())} dropped'
-                                                 if dropped.any() else ''),
+                                                if dropped.any() else ''),
                  ha='center', va='center', fontsize=7)
     ax = fig.add_axes([(n - 1) / n, FOOTER_PX / height, 1 / n, panel_h / height])
     colour = palette[np.clip(pred, 0, len(palette) - 1)]

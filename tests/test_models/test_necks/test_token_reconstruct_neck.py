@@ -42,4 +42,4 @@ def test_neck_composes_with_multilevel_neck():
     with torch.no_grad():
         outs = neck(handed(torch.randn(1, 3, 64, 64)))
     assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 16), (1, 16, 8, 8), (1, 16, 4, 4),
-                                             (1, 16, 2, 2)]
+                                              (1, 16, 2, 2)]
