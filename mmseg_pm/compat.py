@@ -53,7 +53,8 @@ def load_local_checkpoint(filename: str, map_location=None):
         raise FileNotFoundError(f'checkpoint file not found: {osp.abspath(filename)}')
     try:
         return torch.load(filename, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # (torch 2.13 raises OSError 'Invalid argument' for some truncated zip archives)
         raise CheckpointReadError(_unreadable(filename, e)) from e
 
 
