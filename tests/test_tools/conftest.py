@@ -1,31 +1,12 @@
-"""Fixtures of the tool tests: checkpoints of the demo configs and of tiny analysis models.
+"""Fixtures of the tool tests: tiny analysis models as files.
 
 ``REPO`` is re-exported for ``test_distributed.py`` (``from conftest import REPO``); new tests
 import helpers from :mod:`tests.utils`.
 """
 import pytest
 
-from tests.utils import (BASELINE, DEMO, REPO, build_model, compress_randomly,  # noqa: F401
-                         run_tool, save_checkpoint, tiny_cfg)
-
-
-@pytest.fixture(scope='session')
-def demo_checkpoints(tmp_path_factory):
-    """Random-weight checkpoints around the demo config (ViT-T, 256 px crops).
-
-    ``compressed``: the demo model with a structure from random scores; ``uncompressed``: the
-    demo model without structure; ``baseline``: the uncompressed twin config's model
-    (:data:`tests.utils.BASELINE`); ``other_arch``: the demo model at embed_dims 64 (another
-    architecture).
-    """
-    out = tmp_path_factory.mktemp('demo_ckpts')
-    files = dict(
-        uncompressed=save_checkpoint(build_model(DEMO), out / 'uncompressed.pth'),
-        compressed=save_checkpoint(compress_randomly(build_model(DEMO)), out / 'compressed.pth'),
-        baseline=save_checkpoint(build_model(BASELINE), out / 'baseline.pth'),
-        other_arch=save_checkpoint(build_model(DEMO, embed_dims=64, num_heads=2),
-                                   out / 'other_arch.pth'))
-    return files
+from tests.utils import (REPO, build_model, compress_randomly, run_tool,  # noqa: F401
+                         save_checkpoint, tiny_cfg)
 
 
 @pytest.fixture(scope='session')

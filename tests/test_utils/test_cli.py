@@ -99,13 +99,12 @@ def test_writable_dir_and_output_file(tmp_path):
         check_writable_dir(str(tmp_path / 'file.txt' / 'work'), 'work directory')
     with pytest.raises(UserError, match='is a directory; give a file name'):
         check_output_file(str(tmp_path), '--out')
+    src = str(tmp_path / 'file.txt')
     with pytest.raises(UserError, match='would be overwritten'):
-        check_output_file(str(tmp_path / 'file.txt'), '--out', inputs=[str(tmp_path /
-                                                                            'file.txt')])
-    os.symlink(tmp_path / 'file.txt', tmp_path / 'link.txt')
+        check_output_file(src, '--out', inputs=[src])
+    os.symlink(src, tmp_path / 'link.txt')
     with pytest.raises(UserError, match='would be overwritten'):
-        check_output_file(str(tmp_path / 'link.txt'), '--out', inputs=[str(tmp_path /
-                                                                            'file.txt')])
+        check_output_file(str(tmp_path / 'link.txt'), '--out', inputs=[src])
     check_output_file(str(tmp_path / 'new.json'), '--out', inputs=[str(tmp_path / 'file.txt')])
 
 
