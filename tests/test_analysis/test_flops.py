@@ -142,3 +142,13 @@ def test_pm_compressed_flops_drop_by_the_expected_amount(representation):
     assert result['mr_flops'] == mr
     assert result['flops_mr_counted']['total'] == backbone + head + mr
     assert result['flops_mr_counted']['backbone'] == backbone + mr
+
+
+def test_flops_report():
+    from mmseg_pm.analysis import format_flops_report
+    model = compress_randomly(build_model(tiny_cfg()), 0.5, 0.25)
+    text = format_flops_report(count_flops(model), 'tiny + pm')
+    assert text.startswith('tiny + pm\nInput shape: 3x64x64 (batch 1); one multiply-add = one')
+    assert 'Token reduction: PruneMerge; structure: checkpoint; representation sparse' in text
+    assert '| span | N | K | merged | pruned | tokens in span (P+K) | M/R GFLOPs |' in text
+    assert '| 0 | 16 | 8 | 4 | 4 | 9 |' in text and 'Tokens entering blocks 0..1: 9, 9.' in text

@@ -41,6 +41,6 @@ def test_insert_label_check_after_every_load_annotations():
     assert [t['type'] for t in pipeline] == ['LoadImageFromFile', 'LoadAnnotations',
                                              'CheckLabelRange', 'TestTimeAug', 'PackSegInputs']
     assert pipeline[2]['max_label'] == 149
-    assert [t['type'] for t in pipeline[3]['transforms'][1]] == ['LoadAnnotations',
-                                                                'CheckLabelRange']
+    branch = pipeline[3]['transforms'][1]
+    assert [t['type'] for t in branch] == ['LoadAnnotations', 'CheckLabelRange']
     insert_label_check(None, 150)  # no pipeline: nothing to do
