@@ -205,11 +205,12 @@ TINY_C, TINY_HEADS, TINY_LAYERS, TINY_CROP, NUM_CLASSES = 32, 2, 2, 64, 150
 
 
 def tiny_cfg(data_root: Optional[str] = None, representation: str = 'sparse',
-             token_reduction: Optional[dict] = None):
+             token_reduction: Optional[dict] = None, plain: bool = False):
     """The demo config at tiny sizes (:data:`TINY_C` ...), FCN head (``num_convs=0``).
 
     With ``token_reduction`` the backbone is a ``TokenReductionViT`` with that reducer instead
-    of a ``PruneMergeViT``."""
+    of a ``PruneMergeViT``; ``plain``: a ``TokenReductionViT`` without reduction (the
+    uncompressed baseline, whose checkpoints hold no ``backbone.pm.*`` tensors)."""
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(REPO, DEMO))
     crop = (TINY_CROP, TINY_CROP)
@@ -218,12 +219,13 @@ def tiny_cfg(data_root: Optional[str] = None, representation: str = 'sparse',
     cfg.model.backbone.update(img_size=crop, embed_dims=TINY_C, num_heads=TINY_HEADS,
                               num_layers=TINY_LAYERS)
     cfg.model.backbone.pm_cfg.representation = representation
-    if token_reduction is not None:
+    if token_reduction is not None or plain:
         cfg.model.type = 'EncoderDecoder'
         cfg.model.pop('distill_cfg', None)
         cfg.model.backbone.type = 'TokenReductionViT'
         cfg.model.backbone.pop('pm_cfg')
-        cfg.model.backbone.token_reduction = token_reduction
+        if token_reduction is not None:
+            cfg.model.backbone.token_reduction = token_reduction
         cfg.custom_hooks = []
     cfg.model.decode_head = dict(
         type='FCNHead', in_channels=TINY_C, channels=TINY_C, num_convs=0, concat_input=False,
@@ -245,13 +247,14 @@ def tiny_cfg(data_root: Optional[str] = None, representation: str = 'sparse',
     return cfg
 
 
-def timm_vit_tiny(img_size: int = 224, seed: int = 0):
+def timm_vit_tiny(img_size: int = 224, depth: int = 12, seed: int = 0):
     """A randomly initialised timm ViT-Ti/16 (the layout of timm's ImageNet checkpoints:
     ``blocks.*``, ``patch_embed.proj``, ``norm``, ``head``)."""
     import timm
     import torch
     torch.manual_seed(seed)
-    return timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=img_size).eval()
+    return timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=img_size,
+                             depth=depth).eval()
 
 
 # --------------------------------------------------------------------------------------------

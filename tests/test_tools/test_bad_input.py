@@ -60,7 +60,8 @@ def model_args(ctx, tool):
         TEST: [DEMO, ctx.ckpt['compressed'], '--data-root', ctx.sample],
         COMPRESS: [DEMO, ctx.ckpt['uncompressed'], '--data-root', ctx.sample],
         FLOPS: [tiny['config'], tiny['pm']],
-        BENCH: [tiny['config'], tiny['pm'], '--baseline', tiny['config'], tiny['plain']],
+        BENCH: [tiny['config'], tiny['pm'], '--baseline', tiny['baseline_config'],
+                tiny['baseline']],
         VIS: [tiny['config'], tiny['pm'], first_image(ctx.sample)],
         ONNX: [tiny['config'], tiny['pm']],
     }[tool]
@@ -354,6 +355,51 @@ def _(ctx):
             '--keep-rate', '1.5'], ['keep_rate must be in (0, 1], got 1.5']
 
 
+@case('get_flops: --prune-rate without --keep-rate')
+def _(ctx):
+    return [FLOPS, ctx.tiny['config'], '--prune-rate', '0.1'], ['--prune-rate needs --keep-rate']
+
+
+@case('get_flops: --shape of a compressed model')
+def _(ctx):
+    return [FLOPS, *model_args(ctx, FLOPS), '--shape', '128'], [
+        'fixed token count', 'runs at its crop 64x64', '--shape 128 128']
+
+
+@case('benchmark: Prune-and-Merge model without structure')
+def _(ctx):
+    tiny = ctx.tiny
+    return [BENCH, tiny['config'], tiny['plain'], '--baseline', tiny['baseline_config'],
+            tiny['baseline']], ['holds no Prune-and-Merge structure', '--keep-rate']
+
+
+@case('benchmark: --data-root missing')
+def _(ctx):
+    return [BENCH, *model_args(ctx, BENCH), '--data-root', str(ctx.tmp / 'nowhere')], [
+        'test data root not found', str(ctx.tmp / 'nowhere')]
+
+
+@case('visualize_tokens: checkpoint without structure')
+def _(ctx):
+    tiny = ctx.tiny
+    return [VIS, tiny['config'], tiny['plain'], first_image(ctx.sample), '--out',
+            str(ctx.tmp / 'x.png')], ['the token reduction is the identity',
+                                      'give a compressed checkpoint']
+
+
+@case('visualize_tokens: a model without token reduction')
+def _(ctx):
+    tiny = ctx.tiny
+    return [VIS, tiny['baseline_config'], tiny['baseline'], first_image(ctx.sample), '--out',
+            str(ctx.tmp / 'x.png')], ['the backbone has no token reduction']
+
+
+@case('pytorch2onnx: checkpoint without structure')
+def _(ctx):
+    return [ONNX, ctx.tiny['config'], ctx.tiny['plain'], '--out', str(ctx.tmp / 'x.onnx')], [
+        'carries no Prune-and-Merge structure', 'the export would be the uncompressed model']
+
+
 @case('benchmark: --precision fp16 on the CPU')
 def _(ctx):
     return [BENCH, *model_args(ctx, BENCH), '--precision', 'fp16'], [
@@ -441,10 +487,14 @@ def test_tool_imports_print_nothing():
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def timm_checkpoint(tmp_path_factory):
-    """A timm ViT-Ti/16 at 224 px (14 x 14 grid) in timm's own file layout."""
+    """A timm ViT-Ti/16 at 224 px (14 x 14 grid) in timm's own file layout, 2 blocks (the
+    model gets ``num_layers=2``: faster, the same conversion)."""
     path = tmp_path_factory.mktemp('timm') / 'vit_tiny_patch16_224.pth'
-    torch.save(timm_vit_tiny().state_dict(), path)
+    torch.save(timm_vit_tiny(depth=2).state_dict(), path)
     return str(path)
+
+
+DEPTH = 'model.backbone.num_layers=2'
 
 
 def converted_backbone(timm_path):
@@ -458,12 +508,13 @@ def test_timm_checkpoint_as_model_pretrained_trains(timm_checkpoint, sample_root
     the converted weights, so the checkpoint holds exactly them."""
     work = tmp_path / 'work'
     run_tool(TRAIN, BASELINE, '--work-dir', str(work), '--data-root', sample_root,
-             '--cfg-options', f'model.pretrained={timm_checkpoint}', 'train_cfg.max_iters=1',
+             '--cfg-options', f'model.pretrained={timm_checkpoint}', DEPTH,
+             'train_cfg.max_iters=1',
              'train_cfg.val_interval=100', 'optim_wrapper.optimizer.lr=0.0')
     saved = load_state_dict(work / 'iter_1.pth')
     expected = converted_backbone(timm_checkpoint)
     for key in ('patch_embed.projection.weight', 'pos_embed', 'layers.0.attn.attn.in_proj_weight',
-                'layers.11.ffn.layers.1.weight', 'ln1.weight'):
+                'layers.1.ffn.layers.1.weight', 'ln1.weight'):
         torch.testing.assert_close(saved['backbone.' + key], expected[key], rtol=0, atol=0)
     assert saved['backbone.pos_embed'].shape == (1, 1 + 16 * 16, 192)  # resampled 14 -> 16
 
@@ -476,6 +527,7 @@ def test_timm_checkpoint_via_init_cfg_loads(timm_checkpoint):
     from mmseg_pm.utils.preflight import read_config
     quiet()
     cfg = read_config(osp.join(REPO, BASELINE), {
+        'model.backbone.num_layers': 2,
         'model.backbone.init_cfg': dict(type='Pretrained', checkpoint=timm_checkpoint)})
     assert isinstance(cfg, Config)
     model = MODELS.build(cfg.model)
