@@ -6,6 +6,8 @@ import pytest
 
 from tests.utils import TINY_CROP, run_tool
 
+pytestmark = pytest.mark.e2e  # runs the tool on the real sample's images
+
 
 def test_benchmark_writes_every_field(tiny_files, tmp_path):
     out = tmp_path / 'bench.json'

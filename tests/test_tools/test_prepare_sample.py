@@ -7,6 +7,8 @@ import pytest
 
 from tests.utils import SAMPLE, run_tool
 
+pytestmark = pytest.mark.e2e  # runs the tool on the real sample's images
+
 NEW = 'tools/dataset_converters/prepare_ade20k_sample.py'
 
 

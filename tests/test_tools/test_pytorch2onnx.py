@@ -5,6 +5,8 @@ import pytest
 
 from tests.utils import first_image, run_tool
 
+pytestmark = pytest.mark.e2e  # runs the tool on the real sample's images
+
 TOOL = 'tools/deployment/pytorch2onnx.py'
 
 
