@@ -17,15 +17,22 @@ Each fix is small, documented and idempotent:
    created. When no GPU is visible, the launcher helpers run with ``set_device`` as a no-op;
    with a GPU nothing changes. The backend itself and DDP's ``device_ids`` are set per run by
    :func:`prepare_cfg`.
-4. **Quiet model builds.** mmseg warns about its own deprecated ``build_loss`` and the
-   ``avg_non_ignore`` default every time a model is built; those two warnings are filtered.
-5. **Unreadable checkpoints** (truncated, not a torch file) raise
+4. **Unreadable checkpoints** (truncated, not a torch file) raise
    :class:`CheckpointReadError` naming the file instead of a deep ``torch.load`` traceback.
+5. **No warnings that mmseg's own code and configs trigger in every run.** mmseg 1.2.2's
+   decode heads call its deprecated ``build_loss`` and build ``CrossEntropyLoss`` with the
+   default ``avg_non_ignore=False``; its ADE20K pipelines set ``reduce_zero_label`` in
+   ``LoadAnnotations`` (deprecated there); its default runtime builds the visualization hook
+   with ``draw=False``; its Segmenter configs give ``model.pretrained``, which
+   ``EncoderDecoder`` hands to the ViT as the deprecated ``pretrained`` argument. Each warns
+   at every model build, data load or run: multi-line warnings on stderr that the
+   user cannot act on (a refused run would print them before its one ``error:`` line).
+   Exactly these five messages from ``mmseg`` are ignored.
 """
 import functools
-import warnings
 import os.path as osp
 import pickle
+import warnings
 import zipfile
 
 import torch
@@ -46,7 +53,8 @@ def load_local_checkpoint(filename: str, map_location=None):
         raise FileNotFoundError(f'checkpoint file not found: {osp.abspath(filename)}')
     try:
         return torch.load(filename, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # (torch 2.13 raises OSError 'Invalid argument' for some truncated zip archives)
         raise CheckpointReadError(_unreadable(filename, e)) from e
 
 
@@ -94,14 +102,21 @@ def refuse_download(filename: str, map_location=None, **kwargs):
         f'), or run without it: --cfg-options model.pretrained=None')
 
 
-#: mmseg 1.2.2 warnings printed on every model build, about its own API, not the user's
-MMSEG_NOISE = (r'``build_loss`` would be deprecated soon', r'Default ``avg_non_ignore`` is False')
+#: (message regex, module regex) of the UserWarnings mmseg 1.2.2 emits in every run
+MMSEG_NOISE_WARNINGS = (
+    (r'``build_loss`` would be deprecated soon', r'mmseg\.models\.builder'),
+    (r'Default ``avg_non_ignore`` is False', r'mmseg\.models\.losses\.cross_entropy_loss'),
+    (r'`reduce_zero_label` will be deprecated', r'mmseg\.datasets\.transforms\.loading'),
+    (r'The draw is False, it means that the hook for visualization will not take effect',
+     r'mmseg\.engine\.hooks\.visualization_hook'),
+    (r'DeprecationWarning: pretrained is deprecated', r'mmseg\.models\.backbones\.vit'),
+)
 
 
 def apply() -> None:
     """Apply the fixes (idempotent)."""
-    for message in MMSEG_NOISE:
-        warnings.filterwarnings('ignore', message=message, category=UserWarning)
+    for message, module in MMSEG_NOISE_WARNINGS:
+        warnings.filterwarnings('ignore', message=message, category=UserWarning, module=module)
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=refuse_download,
                                      force=True)

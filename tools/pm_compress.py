@@ -57,50 +57,48 @@ def main():
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     prepare_cfg(cfg)
 
-    from mmseg_pm.compression import CompressSettings, compress_segmentor, pm_backbone
-    from mmseg_pm.engine.preflight import check_train_run
-    check_train_run(cfg)
+    from mmseg_pm.compression import CompressSettings, compress_segmentor
+    from mmseg_pm.engine.preflight import check_compress_run
     hook_args = {k: v for k, v in (hooks[0] if hooks else {}).items()
                  if k in CompressSettings.keys()}
+    settings = check_compress_run(cfg, hook_args, dict(
+        score_iters=args.score_iters, keep_rate=args.keep_rate, prune_rate=args.prune_rate))
 
     from mmengine.runner import Runner
 
     from mmseg_pm.analysis.flops import count_flops
     from mmseg_pm.analysis.report import format_flops_report
+    from mmseg_pm.engine.cleanup import discard_refused_run
     from mmseg_pm.utils.io import save_checkpoint, save_json
-    runner = Runner.from_cfg(cfg)
-    checkpoint = runner.load_checkpoint(args.checkpoint, map_location='cpu')
-    model = runner.model
-    backbone = pm_backbone(model)
-    if backbone.is_compressed:
-        raise UserError(f'{args.checkpoint} is already compressed')
-    settings = CompressSettings.resolve(hook_args, backbone.compress_cfg, dict(
-        score_iters=args.score_iters, keep_rate=args.keep_rate, prune_rate=args.prune_rate))
-    before = count_flops(model)
-    data = runner.build_dataloader(cfg.train_dataloader, seed=runner.seed)
-    report = compress_segmentor(model, data, settings)
-    del data
-    after = count_flops(model)
-    meta = dict(pm_structure=report['structure'], pm_compress=report['settings'],
-                source_checkpoint=osp.abspath(args.checkpoint),
-                dataset_meta=checkpoint.get('meta', {}).get('dataset_meta'))
-    save_checkpoint(dict(meta=meta, state_dict=model.state_dict()), args.out)
-    report.update(flops_before=before, flops_after=after)
-    save_json(report, osp.splitext(args.out)[0] + '.json')
-    print(report['table'])
-    print(format_flops_report(before, 'Uncompressed:'))
-    print(format_flops_report(after, 'Compressed:'))
-    g0, g1 = before['flops']['total'] / 1e9, after['flops_mr_counted']['total'] / 1e9
-    print(f'GFLOPs (1 multiply-add = 1 FLOP, {before["input_shape"][2]}x'
-          f'{before["input_shape"][3]}): uncompressed {g0:.3f}, compressed {g1:.3f} with M/R '
-          f'counted ({100 * (1 - g1 / g0):.1f}% fewer), '
-          f'{after["flops_mr_not_counted"]["total"] / 1e9:.3f} without')
-    print(f'Wrote {args.out} and {osp.splitext(args.out)[0]}.json')
-    if evaluate:
-        metrics = runner.val()
-        print('mIoU of the compressed model before finetuning (%): '
-              + ', '.join(f'{k}={float(v):.2f}' for k, v in metrics.items()
-                          if getattr(v, 'size', 1) == 1))
+    with discard_refused_run(cfg.work_dir):  # bad input found while running: no logs left
+        runner = Runner.from_cfg(cfg)
+        checkpoint = runner.load_checkpoint(args.checkpoint, map_location='cpu')
+        model = runner.model
+        before = count_flops(model)
+        data = runner.build_dataloader(cfg.train_dataloader, seed=runner.seed)
+        report = compress_segmentor(model, data, settings)
+        del data
+        after = count_flops(model)
+        meta = dict(pm_structure=report['structure'], pm_compress=report['settings'],
+                    source_checkpoint=osp.abspath(args.checkpoint),
+                    dataset_meta=checkpoint.get('meta', {}).get('dataset_meta'))
+        save_checkpoint(dict(meta=meta, state_dict=model.state_dict()), args.out)
+        report.update(flops_before=before, flops_after=after)
+        save_json(report, osp.splitext(args.out)[0] + '.json')
+        print(report['table'])
+        print(format_flops_report(before, 'Uncompressed:'))
+        print(format_flops_report(after, 'Compressed:'))
+        g0, g1 = before['flops']['total'] / 1e9, after['flops_mr_counted']['total'] / 1e9
+        print(f'GFLOPs (1 multiply-add = 1 FLOP, {before["input_shape"][2]}x'
+              f'{before["input_shape"][3]}): uncompressed {g0:.3f}, compressed {g1:.3f} with M/R '
+              f'counted ({100 * (1 - g1 / g0):.1f}% fewer), '
+              f'{after["flops_mr_not_counted"]["total"] / 1e9:.3f} without')
+        print(f'Wrote {args.out} and {osp.splitext(args.out)[0]}.json')
+        if evaluate:
+            metrics = runner.val()
+            print('mIoU of the compressed model before finetuning (%): '
+                  + ', '.join(f'{k}={float(v):.2f}' for k, v in metrics.items()
+                              if getattr(v, 'size', 1) == 1))
 
 
 if __name__ == '__main__':

@@ -83,8 +83,11 @@ def main():
 
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+
+    from mmseg_pm.engine.cleanup import discard_refused_run
+    with discard_refused_run(cfg.work_dir):  # bad input found while running: nothing left
+        runner = Runner.from_cfg(cfg)
+        metrics = runner.test()
     if is_main_process():
         scalars = {k: float(v) for k, v in metrics.items() if getattr(v, 'size', 1) == 1}
         print('Test metrics (%): ' + ', '.join(f'{k}={v:.2f}' for k, v in scalars.items()))

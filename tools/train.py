@@ -63,8 +63,11 @@ def main():
 
     from mmengine.runner import Runner
     from mmseg.registry import RUNNERS
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+
+    from mmseg_pm.engine.cleanup import discard_refused_run
+    with discard_refused_run(cfg.work_dir):  # bad input found while running: nothing left
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.train()
 
 
 if __name__ == '__main__':

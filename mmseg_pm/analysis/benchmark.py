@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence
@@ -54,7 +55,7 @@ class BenchmarkSpec:
         device (str): 'cpu' or 'cuda[:N]'.
         compile (bool): ``torch.compile`` every model first (max abs diff to eager reported).
         reduction_iters (int): profiled forwards for the token-reduction time share (0: skip).
-        progress (bool): tqdm progress bar on stderr.
+        progress (bool): tqdm progress bar (on stdout).
 
     Raises:
         UserError: bad counts, unknown precision, fp16 on CPU, CUDA not available.
@@ -225,7 +226,8 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
     compiled = compile_models(models, inputs) if spec.compile else {}
     per_setting = len(names) * (spec.warmup + spec.repeat * spec.iters + 1)
     bar = tqdm(total=len(spec.batch_sizes) * len(spec.precisions) * per_setting, unit='fwd',
-               disable=not spec.progress, desc='benchmark', dynamic_ncols=True)
+               disable=not spec.progress, desc='benchmark', dynamic_ncols=True,
+               file=sys.stdout)  # with the other output: stderr holds only problems
     rows = []
     try:
         for precision in spec.precisions:

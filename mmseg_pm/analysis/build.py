@@ -11,7 +11,7 @@ from ..compat import load_local_checkpoint
 from ..converters.fit import fitting_state_dict
 from ..errors import ConfigError, UserError
 from ..models.backbones import reduction_backbone
-from ..utils.preflight import check_checkpoint, check_config_path, check_dataset
+from ..utils.preflight import check_checkpoint, check_dataset, read_config
 
 #: backbone types whose weights are mmseg's ``VisionTransformer``'s
 VIT_TYPES = ('VisionTransformer', 'TokenReductionViT', 'PruneMergeViT')
@@ -22,16 +22,16 @@ REDUCTION_KEYS = ('token_reduction', 'pm_cfg', 'restore_outputs')
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
-    """Read a config file (or copy a Config) and apply ``--cfg-options`` overrides.
+    """Read a config file (:func:`mmseg_pm.utils.preflight.read_config`, which also applies a
+    ``data_root=`` override to the dataloaders) or copy a Config, and apply ``--cfg-options``
+    overrides.
 
     Raises:
-        UserError: the config file does not exist or does not parse.
+        UserError: the config file does not exist, does not parse or defines no model.
     """
-    if isinstance(config, Config):
-        cfg = copy.deepcopy(config)
-    else:
-        check_config_path(str(config))
-        cfg = Config.fromfile(str(config))
+    if not isinstance(config, Config):
+        return read_config(str(config), cfg_options)
+    cfg = copy.deepcopy(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

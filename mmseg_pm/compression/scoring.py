@@ -11,6 +11,7 @@ dropped) and the score accumulates ``s(j) += |v(j)|`` over the scoring batches (
 (pixel cross-entropy of the decode head, ignore index 255).
 """
 import contextlib
+import sys
 from typing import Dict, Iterable, Iterator, List, Optional
 
 import torch
@@ -127,8 +128,9 @@ def score_segmentor(model: nn.Module, data: Iterable, num_iters: int,
     model.train(mode == 'train')
     task_loss = getattr(model, 'task_loss', None) or model.loss
     iterator: Iterator = iter(data)
-    bar = (tqdm(total=num_iters, desc='PM scoring', unit='it', dynamic_ncols=True)
-           if progress else contextlib.nullcontext())
+    # progress on stdout with the logs: stderr holds only problems (one line for bad input)
+    bar = (tqdm(total=num_iters, desc='PM scoring', unit='it', dynamic_ncols=True,
+                file=sys.stdout) if progress else contextlib.nullcontext())
     try:
         with scorer, bar as pbar:
             for it in range(num_iters):

@@ -37,10 +37,15 @@ class CheckLabelRange(BaseTransform):
             bad = values[((values < 0) | (values > self.max_label))
                          & (values != self.ignore_index)]
             if bad.size:
+                # name the values as they are in the file (LoadAnnotations subtracted 1)
+                reduced = bool(results.get('reduce_zero_label'))
+                shown = (bad.astype(np.int64) + 1) if reduced else bad
+                valid = (f'1..{self.max_label + 1} (reduce_zero_label: 0 = unlabeled)'
+                         if reduced else f'0..{self.max_label}')
                 raise DataError(
                     f'annotation {results.get("seg_map_path", "?")} has labels '
-                    f'{bad[:5].tolist()} outside 0..{self.max_label} (after reduce_zero_label; '
-                    f'{self.ignore_index} = ignore): convert the annotations to class indices')
+                    f'{shown[:5].tolist()} outside {valid}, {self.ignore_index} = ignore: '
+                    f'convert the annotations to class indices')
         return results
 
     def __repr__(self):

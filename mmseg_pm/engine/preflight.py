@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config
 
 from ..compat import load_local_checkpoint
-from ..converters.fit import check_checkpoint_fits, fitting_state_dict
+from ..converters.fit import fitting_state_dict
 from ..datasets import insert_label_check
 from ..errors import ConfigError, UserError
 from ..models.backbones import reduction_backbone
@@ -32,7 +32,9 @@ def build_model(cfg: Config):
     from mmseg.registry import MODELS
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = cfg.model.module if cfg.model.get('type') == 'SegTTAModel' else cfg.model
-    try:  # a copy: building writes into nested dicts (EncoderDecoder sets backbone.pretrained)
+    try:
+        # a copy: mmseg's EncoderDecoder moves ``pretrained`` into the backbone config it
+        # is given, and the Runner builds the model again from cfg.model
         return MODELS.build(copy.deepcopy(model_cfg))
     except (ConfigError, UserError):
         raise
@@ -43,10 +45,12 @@ def build_model(cfg: Config):
 
 def check_hooks(cfg: Config, model) -> None:
     """Build the config's custom hooks (their settings are validated when built) and resolve
-    ``PMCompressHook``'s compression settings against the backbone's ``pm_cfg``.
+    ``PMCompressHook``'s compression settings against the backbone's ``pm_cfg``; with such a
+    hook, the validation settings must fit the crop the structure will be built for.
 
     Raises:
         ConfigError: bad hook settings.
+        FixedTokenCountError: validation inputs larger than the structure's crop.
     """
     from mmseg.registry import HOOKS
     from .hooks import PMCompressHook
@@ -54,6 +58,22 @@ def check_hooks(cfg: Config, model) -> None:
         hook = HOOKS.build(dict(hook_cfg)) if isinstance(hook_cfg, dict) else hook_cfg
         if isinstance(hook, PMCompressHook):
             hook.resolve_settings(model.backbone)
+            check_val_fits_structure(cfg, model.backbone)
+
+
+def check_val_fits_structure(cfg: Config, backbone) -> None:
+    """With a validation loop, refuse validation inputs larger than the crop a
+    Prune-and-Merge structure is built for (``PMCompressHook.before_train`` checks the same
+    once the Runner runs; this stops before anything is written).
+
+    Raises:
+        FixedTokenCountError: the settings and the crop, with the options that fix it.
+    """
+    if not (cfg.get('val_dataloader') and cfg.get('val_cfg') and cfg.get('val_evaluator')):
+        return
+    check_inference_size(backbone.grid_size, backbone.patch_size, cfg.model.get('test_cfg'),
+                         cfg.val_dataloader.dataset.get('pipeline'),
+                         'the Prune-and-Merge structure is built for')
 
 
 def add_label_checks(cfg: Config, model) -> None:
@@ -77,13 +97,17 @@ def _read_state_dict(path: str) -> dict:
     return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
 
 
-def check_train_run(cfg: Config) -> None:
+def check_train_run(cfg: Config):
     """Everything ``tools/train.py`` can check before the Runner starts.
 
     Files and data (pretrained weights, ``load_from``, datasets and their first annotations),
     the work directory, the model and hook settings, ``load_from`` against the model (strict:
     MMEngine would load it with ``strict=False``), something to resume with ``--resume``, and
     AMP without a GPU. Adds the label-range check to the pipelines.
+
+    Returns:
+        nn.Module: the config's model, built on the CPU; holding the ``load_from`` weights when
+        there is a ``load_from`` (and no ``--resume``), else not initialised.
 
     Raises:
         UserError: the first problem found, in one line.
@@ -103,9 +127,35 @@ def check_train_run(cfg: Config) -> None:
     model = build_model(cfg)
     check_hooks(cfg, model)
     if cfg.get('load_from') and not cfg.get('resume'):
-        check_checkpoint_fits(model, _read_state_dict(cfg.load_from),
-                              f'load_from {cfg.load_from}')
+        source = f'load_from {cfg.load_from}'
+        model.load_state_dict(fitting_state_dict(model, _read_state_dict(cfg.load_from), source),
+                              strict=True)
     add_label_checks(cfg, model)
+    return model
+
+
+def check_compress_run(cfg: Config, hook_settings: dict, overrides: dict):
+    """Everything ``tools/pm_compress.py`` can check before the Runner starts:
+    :func:`check_train_run` (``load_from`` = the checkpoint to compress), a Prune-and-Merge
+    backbone, the compression settings (hook arguments, deprecated ``pm_cfg`` keys, command
+    line), a checkpoint that is not compressed yet and, when it evaluates, validation settings
+    that fit the structure's crop.
+
+    Returns:
+        CompressSettings: the resolved settings.
+
+    Raises:
+        UserError: the first problem found, in one line.
+    """
+    from ..compression import CompressSettings, pm_backbone
+    model = check_train_run(cfg)
+    backbone = pm_backbone(model)
+    settings = CompressSettings.resolve(hook_settings, backbone.compress_cfg, overrides)
+    if backbone.is_compressed:
+        raise UserError(f'{cfg.load_from} is already compressed (it carries a Prune-and-Merge '
+                        f'structure): give the uncompressed checkpoint')
+    check_val_fits_structure(cfg, backbone)
+    return settings
 
 
 def check_test_run(cfg: Config, checkpoint: str, out_dirs=()) -> None:
@@ -138,8 +188,9 @@ def check_test_run(cfg: Config, checkpoint: str, out_dirs=()) -> None:
         check_inference_size(backbone.grid_size, backbone.patch_size,
                              cfg.model.get('test_cfg'),
                              cfg.test_dataloader.dataset.get('pipeline'),
-                             'the checkpoint\'s structure was built for')
+                             'this model\'s token count is fixed for')
     add_label_checks(cfg, model)
 
 
-__all__ = ['build_model', 'check_hooks', 'add_label_checks', 'check_train_run', 'check_test_run']
+__all__ = ['build_model', 'check_hooks', 'check_val_fits_structure', 'add_label_checks',
+           'check_train_run', 'check_compress_run', 'check_test_run']

@@ -255,8 +255,14 @@ def merge_into_slots(x: Tensor, slot: Tensor, num_slots: int, weight: Optional[T
     count = torch.zeros(b, m, dtype=torch.long, device=x.device).scatter_add(
         1, slot, torch.ones_like(slot))[:, :num_slots]
     positions = torch.arange(length, device=x.device).expand(b, length)
-    first = torch.full((b, m), length, dtype=torch.long, device=x.device).scatter_reduce(
-        1, slot, positions, 'amin')[:, :num_slots]
+    if torch.onnx.is_in_onnx_export():
+        # torch's scatter_reduce symbolic wraps ScatterElements in If branches of different
+        # ranks (for 0-d inputs), which onnxruntime's shape inference refuses: compare instead
+        hit = slot[:, None, :] == torch.arange(m, device=x.device)[None, :, None]
+        first = torch.where(hit, positions[:, None, :], length).amin(-1)[:, :num_slots]
+    else:
+        first = torch.full((b, m), length, dtype=torch.long, device=x.device).scatter_reduce(
+            1, slot, positions, 'amin')[:, :num_slots]
     copy = x.gather(1, first.clamp(max=max(length - 1, 0))[..., None].expand(b, num_slots, c))
     multi = count > 1
     out = copy

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_vit
+from tests.utils import write_tiny_vit
 from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import MODELS
 from PIL import Image

@@ -98,3 +98,33 @@ def test_validate_structure_rejects_corruption():
     bad = PMStructure(s.grid_size, s.assign, s.centers.flip(0), s.merge_weight, s.restore_weight)
     with pytest.raises(PMStructureError, match='increasing'):
         pm.validate_structure(bad)
+
+
+def test_sparse_gradients_match_dense():
+    """Through merge and restore, the sparse path (with and without autograd) and its
+    gradients (tokens, merge and restore weights) equal the dense ``M x`` / ``R z``."""
+    s = pm.structure_from_scores(torch.rand(64), (8, 8), 0.4, 0.3)
+    kept = (s.assign >= 0).float()
+    m, r, t = pmd.to_dense_merge(s, 1), pmd.to_dense_restore(s, 1), pmd.to_token_mask(s, 1)
+    x = torch.randn(3, 65, 16)
+    xs = x.clone().requires_grad_()
+    mw = (s.merge_weight * kept).requires_grad_()
+    rw = (s.restore_weight * kept).requires_grad_()
+    y = pm.restore_patches(pm.merge_tokens(xs, s.assign, mw, s.num_groups, 1), xs, s.assign,
+                           rw, 1)
+    xd, md, rd = x.clone().requires_grad_(), m.clone().requires_grad_(), \
+        r.clone().requires_grad_()
+    yd = pmd.restore_tokens_dense(pmd.merge_tokens_dense(xd, md), xd, rd, t)
+    torch.testing.assert_close(y, yd, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the inference path gives the same numbers
+        y0 = pm.restore_patches(pm.merge_tokens(x, s.assign, mw, s.num_groups, 1), x,
+                                s.assign, rw, 1)
+    torch.testing.assert_close(y0, y.detach(), atol=0, rtol=0)
+    y.square().sum().backward()
+    yd.square().sum().backward()
+    torch.testing.assert_close(xs.grad, xd.grad, atol=1e-4, rtol=1e-5)
+    idx = torch.nonzero(s.assign >= 0).flatten()
+    torch.testing.assert_close(mw.grad[idx], md.grad[1 + s.assign[idx], 1 + idx],
+                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(rw.grad[idx], rd.grad[1 + idx, 1 + s.assign[idx]],
+                               atol=1e-4, rtol=1e-5)

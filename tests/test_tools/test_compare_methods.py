@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_tool, write_tiny_vit
+from tests.utils import run_tool, write_tiny_vit
 from PIL import Image
 
 from mmseg_pm.analysis.build import build_segmentor, load_config, segmentor_cfg
