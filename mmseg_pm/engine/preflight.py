@@ -188,7 +188,7 @@ def check_test_run(cfg: Config, checkpoint: str, out_dirs=()) -> None:
         check_inference_size(backbone.grid_size, backbone.patch_size,
                              cfg.model.get('test_cfg'),
                              cfg.test_dataloader.dataset.get('pipeline'),
-                             'this model\'s token count is fixed for')
+                             'the checkpoint\'s structure was built for')
     add_label_checks(cfg, model)
 
 

@@ -10,7 +10,7 @@ from mmseg.registry import HOOKS
 
 from ...compression import CompressSettings, compress_segmentor, pm_backbone
 from ...utils.io import save_json
-from ...utils.preflight import check_inference_size
+from ..preflight import check_val_fits_structure
 from .distill_hook import SelfDistillationHook, unwrap
 from .rng_state_hook import preserved_rng_state
 
@@ -64,11 +64,7 @@ class PMCompressHook(SelfDistillationHook):
     def before_train(self, runner) -> None:
         model = unwrap(runner.model)
         backbone = pm_backbone(model)
-        if runner.val_loop is not None:
-            check_inference_size(backbone.grid_size, backbone.patch_size,
-                                 runner.cfg.model.get('test_cfg'),
-                                 runner.cfg.val_dataloader.dataset.get('pipeline'),
-                                 'the Prune-and-Merge structure is built for')
+        check_val_fits_structure(runner.cfg, backbone)
         if backbone.is_compressed:
             print_log('Prune-and-Merge: the loaded checkpoint carries its structure; not '
                       'scoring again', logger='current')
