@@ -1,7 +1,8 @@
 # ALGM (Norouzi et al., CVPR 2024, arXiv 2406.09936) on Segmenter-Mask ViT-S/16, ADE20K,
 # 512x512: training-free evaluation of the trained uncompressed Segmenter ViT-S:
 #
-#   python tools/test.py configs/algm_segmenter_vit-s_ade20k.py checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
+#   python tools/test.py configs/algm_segmenter_vit-s_ade20k.py \
+#       checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
 #
 # Local 2x2 merging in block 0, global merging in block 4 (as released for ViT-S), per-image
 # counts (batches padded, padding masked; batch_minimum=True reproduces the released code).

@@ -2,7 +2,8 @@
 # abstract, see README "MSTM") on Segmenter-Mask ViT-S/16, ADE20K, 512x512: training-free
 # evaluation of the trained uncompressed Segmenter ViT-S (mmseg model zoo):
 #
-#   python tools/test.py configs/mstm_segmenter_vit-s_ade20k.py checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
+#   python tools/test.py configs/mstm_segmenter_vit-s_ade20k.py \
+#       checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
 #
 # Defaults of the reconstruction: at blocks 3, 6, 9 keep ceil(0.7 n) crucial tokens (CLS
 # attention averaged over heads), merge every other token into its most similar crucial token

@@ -1,7 +1,8 @@
 # ToMe (Bolya et al., ICLR 2023, arXiv 2210.09461) on Segmenter-Mask ViT-S/16, ADE20K, 512x512:
 # training-free evaluation of the trained uncompressed Segmenter ViT-S (mmseg model zoo):
 #
-#   python tools/test.py configs/tome_segmenter_vit-s_ade20k.py checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
+#   python tools/test.py configs/tome_segmenter_vit-s_ade20k.py \
+#       checkpoints/segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth
 #
 # r = (52, -1): ToMe's decreasing schedule, r_l = 104, 94, ..., 0 merges in blocks 0..11
 # (1025 -> 418 tokens); 23.71 GFLOPs with the merge ops counted (23.62 without), the main

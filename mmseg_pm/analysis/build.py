@@ -1,6 +1,7 @@
 """Building segmentors for the analysis tools: config + checkpoint (strict), variants of a config
 (mmseg's stock model, the uncompressed model, a reducer swapped in), real input images."""
 import copy
+import logging
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -105,6 +106,7 @@ def build_segmentor(model_cfg: dict, checkpoint: Optional[str] = None, device: s
         CheckpointMismatchError: a checkpoint that does not fit (tensor and shapes named).
         StructureError: inconsistent Prune-and-Merge tensors in the checkpoint.
     """
+    from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
@@ -119,7 +121,15 @@ def build_segmentor(model_cfg: dict, checkpoint: Optional[str] = None, device: s
         if isinstance(meta, dict) and meta.get('dataset_meta'):
             model.dataset_meta = meta['dataset_meta']
     else:
-        model.init_weights()
+        # mmengine logs one INFO record per parameter while initialising: keep tools' output
+        # readable
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
     return model.to(device).eval()
 
 

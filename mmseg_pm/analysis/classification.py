@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.backbones import TokenReductionViT
-from .flops import gflops, sdpa_flop_handle
+from .flops import gflops, trace_flops
 
 CLASSIFIER_CONVENTION = ('one multiply-add = one FLOP; per image; mmengine.analysis on the '
                          'classifier forward (patch embedding, blocks, final norm, head), fused '
@@ -162,27 +162,12 @@ def count_classifier_flops(model: ViTClassifier, img_size: Sequence[int] = (224,
         ``gflops_mr_not_counted``, ``reduction`` ``{uncounted, counted}`` FLOPs, ``tokens``
         (sequence length entering each block, CLS included), ``params``, ``unsupported_ops``.
     """
-    from mmengine.analysis import FlopAnalyzer, parameter_count
+    from mmengine.analysis import parameter_count
 
     backbone = model.backbone
     device = next(model.parameters()).device
     inputs = torch.randn(1, 3, int(img_size[0]), int(img_size[1]), device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(model, (inputs, ))
-            analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_handle)
-            analyzer.unsupported_ops_warnings(False)
-            analyzer.uncalled_modules_warnings(False)
-            analyzer.tracer_warnings('none')
-            total = int(analyzer.total())
-            by_module = analyzer.by_module()
-            unsupported = dict(analyzer.unsupported_ops())
-            # token counts of a plain forward (the tracer's forward ran on a traced copy)
-            model(inputs)
-    finally:
-        model.train(was_training)
+    total, by_module, unsupported = trace_flops(model, inputs, rerun=True)
     grid = (int(img_size[0]) // backbone.patch_size, int(img_size[1]) // backbone.patch_size)
     if backbone.is_reducing:
         tokens = list(backbone.last_token_counts)

@@ -47,6 +47,41 @@ def sdpa_flop_handle(inputs: List, outputs: List) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def trace_flops(model: nn.Module, inputs: Tensor, rerun: bool = False):
+    """mmengine's ``FlopAnalyzer`` on ``model(inputs)`` in eval mode under ``torch.no_grad``
+    (the mode is restored after), fused attention counted by :func:`sdpa_flop_handle`.
+
+    Args:
+        model (nn.Module): the model; its forward takes ``inputs``.
+        inputs (Tensor): ``(1, 3, H, W)``.
+        rerun (bool): run one plain forward after the trace, so that the backbone's
+            ``last_token_counts`` are those of the model itself (the tracer runs a copy).
+
+    Returns:
+        tuple: ``(total, by_module, unsupported_ops)``: FLOPs (one multiply-add = one FLOP),
+        ``{module name: FLOPs}`` and ``{op: count}`` of the ops the counter does not see.
+    """
+    from mmengine.analysis import FlopAnalyzer
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(model, (inputs, ))
+            analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_handle)
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            analyzer.tracer_warnings('none')
+            by_module = analyzer.by_module()
+            total = int(analyzer.total())
+            unsupported = dict(analyzer.unsupported_ops())
+            if rerun:
+                model(inputs)
+    finally:
+        model.train(was_training)
+    return total, by_module, unsupported
+
+
 def count_flops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
                 inputs: Optional[Tensor] = None, structure: Optional[str] = None) -> Dict:
     """FLOPs and parameters of a segmentor for one image.
@@ -62,7 +97,8 @@ def count_flops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
             default: :func:`~mmseg_pm.analysis.build.default_input_shape`.
         inputs (Tensor, optional): ``(1, 3, H, W)`` pre-processed image (overrides the shape).
         structure (str, optional): how the reduction structure came about (e.g. the label of
-            ``mmseg_pm.compression.random_structures``); default 'checkpoint' when reducing.
+            ``mmseg_pm.compression.random_structures``); default: the reducer's
+            ``settings_label()`` ('checkpoint' for Prune-and-Merge).
 
     Returns:
         dict: JSON-serialisable, FLOPs per image::
@@ -88,7 +124,7 @@ def count_flops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
     Raises:
         ValueError: ``input_shape`` is not two positive integers.
     """
-    from mmengine.analysis import FlopAnalyzer, parameter_count
+    from mmengine.analysis import parameter_count
 
     device = next(model.parameters()).device
     if inputs is None:
@@ -97,20 +133,7 @@ def count_flops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
             raise ValueError(f'input_shape must be two positive integers (H, W), got '
                              f'{input_shape}')
         inputs = torch.randn(1, 3, int(h), int(w), device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(model, (inputs, ))
-            analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_handle)
-            analyzer.unsupported_ops_warnings(False)
-            analyzer.uncalled_modules_warnings(False)
-            analyzer.tracer_warnings('none')
-            by_module = analyzer.by_module()
-            total = int(analyzer.total())
-            unsupported = dict(analyzer.unsupported_ops())
-    finally:
-        model.train(was_training)
+    total, by_module, unsupported = trace_flops(model, inputs)
     params = parameter_count(model)
     flops = {name: int(by_module.get(name, 0)) for name in COMPONENTS}
     flops['unattributed'] = total - sum(flops[name] for name in COMPONENTS)
@@ -135,7 +158,7 @@ def count_flops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
         method=type(reducer).__name__ if reducer is not None else None,
         static=reducer.static if reducer is not None else None,
         representation=getattr(reducer, 'representation', None),
-        structure=structure or ('checkpoint' if reducing else 'none (uncompressed)'),
+        structure=structure or (reducer.settings_label() if reducing else 'none (uncompressed)'),
         flops=flops,
         flops_mr_counted=counted,
         flops_mr_not_counted=not_counted,
@@ -165,4 +188,4 @@ def count_flops_over_images(model: nn.Module, images: Tensor,
 
 
 __all__ = ['CONVENTION', 'count_flops', 'count_flops_over_images', 'gflops',
-           'sdpa_flop_handle']
+           'sdpa_flop_handle', 'trace_flops']

@@ -79,7 +79,8 @@ def evit_select(x: Tensor, cls_attn: Tensor, keep_rate: float, fuse: bool = True
     with torch.no_grad():
         order = sort_indices(cls_attn.detach(), dim=1, descending=True)
         keep = order[:, :k]
-        rest = order[:, k:].gather(1, sort_indices(order[:, k:], dim=1))  # inattentive tokens in position order
+        # the inattentive tokens, in position order
+        rest = order[:, k:].gather(1, sort_indices(order[:, k:], dim=1))
         index = torch.full((b, n), -1, dtype=torch.long, device=x.device).scatter_(
             1, keep, torch.arange(k, device=x.device).expand(b, k).contiguous())
     patches = x[:, num_prefix:]

@@ -432,7 +432,7 @@ def restore_patches(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight:
     rows = memoized(cache, ('restore', b, z.device), lambda: flat_rows(torch.cat(
         [torch.arange(p, device=assign.device), assign.clamp(min=0) + p]), b, pk))
     y = z.reshape(b * pk, c).index_select(0, rows).view(b, p + n, c)
-    y.mul_(torch.cat([restore_weight.new_ones(p), restore_weight]).to(y.dtype)[None, :, None])
+    y[:, p:].mul_(restore_weight.to(y.dtype)[None, :, None])
     if prune_mask is None:
         prune_mask = assign < 0
     pos = memoized(cache, ('pruned', b, z.device), lambda: flat_rows(

@@ -31,10 +31,11 @@ KNOWN_CHECKPOINTS = {
     'https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segmenter/'
     'vit_large_p16_384_20220308-d4efb41d.pth',
 }
-for _size, _name in (('t', 'segmenter_vit-t_mask_8x1_512x512_160k_ade20k_20220105_151706-ffcf7509'),
-                     ('s', 'segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103'),
-                     ('b', 'segmenter_vit-b_mask_8x1_512x512_160k_ade20k_20220105_151706-bc533b08'),
-                     ('l', 'segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be')):
+for _size, _name in (
+        ('t', 'segmenter_vit-t_mask_8x1_512x512_160k_ade20k_20220105_151706-ffcf7509'),
+        ('s', 'segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103'),
+        ('b', 'segmenter_vit-b_mask_8x1_512x512_160k_ade20k_20220105_151706-bc533b08'),
+        ('l', 'segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be')):
     KNOWN_CHECKPOINTS[_name + '.pth'] = (
         f'trained uncompressed Segmenter-Mask ViT-{_size.upper()}/16 of mmseg\'s model zoo '
         f'(ADE20K); download https://download.openmmlab.com/mmsegmentation/v0.5/segmenter/'
@@ -137,9 +138,9 @@ def check_checkpoint_readable(path: str, what: str = 'checkpoint') -> None:
         reason = 'the file is empty'
     else:
         reason = 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
-    raise CheckpointReadError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. Copy '
-                              f'it again (an interrupted download, copy or save?) or use another '
-                              f'checkpoint')
+    raise CheckpointReadError(f'cannot read {what} {osp.abspath(path)} ({size} bytes): {reason}. '
+                              f'Copy it again (an interrupted download, copy or save?) or use '
+                              f'another checkpoint')
 
 
 def pretrained_paths(cfg):
@@ -343,12 +344,12 @@ def check_inference_size(grid, patch_size: int, test_cfg, pipeline, what: str) -
     if mode == 'slide':
         c = test_cfg.get('crop_size')
         if c is None or int(c[0]) > ch or int(c[1]) > cw:
-            raise FixedTokenCountError(f'test_cfg.crop_size={tuple(c) if c else None} is larger than the '
-                                       f'{ch}x{cw} crop {what} (fixed token count); {fix}')
+            raise FixedTokenCountError(f'test_cfg.crop_size={tuple(c) if c else None} is larger '
+                                       f'than the {ch}x{cw} crop {what} (fixed token count); {fix}')
         return
     bound = max_pipeline_size(pipeline)
     if bound is None or bound[0] > ch or bound[1] > cw:
         size = 'of any size' if bound is None else f'up to {bound[0]}x{bound[1]}'
-        raise FixedTokenCountError(f'test_cfg.mode={mode!r} feeds whole images ({size} after the test '
-                                   f'pipeline) to a model with a fixed token count for the {ch}x{cw} '
-                                   f'crop {what}; {fix}')
+        raise FixedTokenCountError(f'test_cfg.mode={mode!r} feeds whole images ({size} after the '
+                                   f'test pipeline) to a model with a fixed token count for the '
+                                   f'{ch}x{cw} crop {what}; {fix}')

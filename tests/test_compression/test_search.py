@@ -24,8 +24,8 @@ def test_global_search_exact_counts():
 
 def test_uniform_allocation_gives_equal_k():
     scores = {i: torch.rand(16) for i in range(3)}
-    _, rows = search_structures(scores, [(i, i) for i in range(3)], (4, 4), keep_rate=0.5, prune_rate=0.25,
-                                allocation='uniform')
+    _, rows = search_structures(scores, [(i, i) for i in range(3)], (4, 4), keep_rate=0.5,
+                                prune_rate=0.25, allocation='uniform')
     assert _counts(rows) == [(8, 4, 4)] * 3
 
 
@@ -33,10 +33,12 @@ def test_depth_discount_shifts_centers_to_shallow_layers():
     # normalised: layer 0 = 0.5 everywhere; layer 1 = [0.719, 0.695, 0, 0]
     scores = {0: torch.ones(4), 1: torch.tensor([3.0, 2.9, 0.0, 0.0])}
     spans = [(0, 0), (1, 1)]
-    _, rows = search_structures(scores, spans, (2, 2), keep_rate=0.5, prune_rate=0.0, depth_discount=0.0)
+    _, rows = search_structures(scores, spans, (2, 2), keep_rate=0.5, prune_rate=0.0,
+                                depth_discount=0.0)
     assert [r['K'] for r in rows] == [2, 2]
     # a discount of 0.3 per block scales layer 1 by 0.7: 0.503 and 0.487 < 0.5 but the first
-    _, rows = search_structures(scores, spans, (2, 2), keep_rate=0.5, prune_rate=0.0, depth_discount=0.3)
+    _, rows = search_structures(scores, spans, (2, 2), keep_rate=0.5, prune_rate=0.0,
+                                depth_discount=0.3)
     assert [r['K'] for r in rows] == [3, 1]
     norm = normalize_scores(scores, 0.3)
     assert torch.allclose(norm[1], torch.tensor([3.0, 2.9, 0, 0]).double() /

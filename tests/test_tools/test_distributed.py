@@ -2,12 +2,12 @@
 the Slurm scripts launch the tools with ``--launcher slurm``.
 
 Scores are summed over ranks (``mmengine.dist.all_reduce``), and one scoring batch contributes
-``|v|`` of its *signed* sum (the official ``Attention.compute_rank_attn``), so a batch is a rank's local batch: 2 ranks x batch 2
-x 2 iterations score the same four 2-image batches as 1 process x batch 2 x 4 iterations that
-sees the ranks' batches one after the other. (One process with batch 4 would not: it takes
-``|v_0 + v_1|`` where the ranks take ``|v_0| + |v_1|``.) Both runs use a sequential sampler,
-a deterministic pipeline (fixed resize, no random crop / flip) and eval-mode scoring; the
-single-process dataset lists the images in the order the ranks consume them.
+``|v|`` of its *signed* sum (the official ``Attention.compute_rank_attn``), so a batch is a rank's
+local batch: 2 ranks x batch 2 x 2 iterations score the same four 2-image batches as 1 process x
+batch 2 x 4 iterations that sees the ranks' batches one after the other. (One process with batch 4
+would not: it takes ``|v_0 + v_1|`` where the ranks take ``|v_0| + |v_1|``.) Both runs use a
+sequential sampler, a deterministic pipeline (fixed resize, no random crop / flip) and eval-mode
+scoring; the single-process dataset lists the images in the order the ranks consume them.
 """
 import json
 import os

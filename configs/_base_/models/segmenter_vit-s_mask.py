@@ -1,5 +1,6 @@
 # Segmenter Mask ViT-S/16 (Strudel et al., ICCV 2021) as in mmseg's
-# configs/_base_/models/segmenter_vit-b16_mask.py + segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py,
+# configs/_base_/models/segmenter_vit-b16_mask.py +
+# segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py,
 # with fused attention (F.scaled_dot_product_attention) in the backbone and the mask head: same
 # parameters, checkpoints and outputs (within float rounding) as mmseg's VisionTransformer /
 # SegmenterMaskTransformerHead. TokenReductionViT without token_reduction is mmseg's ViT.

@@ -54,6 +54,7 @@ class ALGM(TokenReducer):
         ConfigError: blocks out of range or in the wrong order; a grid not divisible by the
             window (at the first forward).
     """
+    label_keys = ('threshold', 'local_block', 'global_block')
     static = False
 
     def __init__(self, threshold: Optional[float] = 0.88, local_block: int = 0,

@@ -159,6 +159,8 @@ class TokenReducer(BaseModule):
     static = True
     proportional_attention = False
     needs_cls_token = False
+    #: :meth:`summary` keys that :meth:`settings_label` shows
+    label_keys: Tuple[str, ...] = ()
 
     def __init__(self, num_layers: int, grid_size: Sequence[int], num_prefix: int = 1,
                  embed_dims: int = 768, num_heads: int = 12, patch_size: int = 16,
@@ -227,6 +229,12 @@ class TokenReducer(BaseModule):
     def summary(self) -> dict:
         """JSON-serialisable settings and structure (one key set for every table)."""
         return dict(type=type(self).__name__, static=self.static)
+
+    def settings_label(self) -> str:
+        """Short text of the settings for tables, e.g. ``'r=52, schedule=constant'``;
+        ``'checkpoint'`` for a reducer whose structure comes with the weights."""
+        s = self.summary()
+        return ', '.join(f'{k}={s[k]}' for k in self.label_keys) or 'checkpoint'
 
 
 def registered_reducers() -> Dict[str, type]:

@@ -49,6 +49,7 @@ class EViT(TokenReducer):
     Raises:
         ConfigError: bad keep rate, blocks or restore mode; a backbone without CLS token.
     """
+    label_keys = ('keep_rate', 'drop_blocks', 'fuse')
     needs_cls_token = True
 
     def __init__(self, keep_rate: float = 0.7, drop_blocks: Sequence[int] = (3, 6, 9),

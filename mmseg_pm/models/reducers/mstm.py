@@ -130,6 +130,7 @@ class MSTM(TokenReducer):
     Raises:
         ConfigError: bad settings, or a backbone without CLS token.
     """
+    label_keys = ('keep_rate', 'reduce_blocks', 'fusion')
     needs_cls_token = True
 
     def __init__(self, keep_rate: float = 0.7, reduce_blocks: Sequence[int] = (3, 6, 9),

@@ -138,6 +138,7 @@ class PruneMergeUnit(nn.Module):
         self._kept = (~self._pruned).to(torch.float32)
         self._gather_index = self.assign.clamp(min=0)
         self._index_cache = {}  # flat row indices per batch size (functional.prune_merge)
+        self._weight_cache = {}  # masked weights outside autograd: name -> (version, tensor)
         n = self.assign.numel()
         if self.representation == 'sparse':
             weights_are_one = bool((self.merge_weight == 1).all() and
@@ -157,22 +158,36 @@ class PruneMergeUnit(nn.Module):
         self._refresh()
         return out
 
+    def _masked(self, name: str) -> Tensor:
+        """Sparse ``merge_weight`` or ``restore_weight`` with the pruned patches' entries
+        zeroed (an optimizer step cannot revive them). Outside autograd the product is kept
+        until the parameter changes (its version counter), not recomputed every forward."""
+        weight = getattr(self, name)
+        if not self._any_pruned:
+            return weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight * self._kept
+        version, masked = self._weight_cache.get(name, (None, None))
+        if version != weight._version or masked.device != weight.device:
+            masked = weight.detach() * self._kept
+            self._weight_cache[name] = (weight._version, masked)
+        return masked
+
     def merge(self, x: Tensor) -> Tensor:
         """``z = M x``: ``(B, P + N, C) -> (B, P + K, C)``."""
         if self.representation == 'dense':
             return pmd.merge_tokens_dense(x, self.merge_matrix)
-        weight = self.merge_weight * self._kept if self._any_pruned else self.merge_weight
-        return pm.merge_tokens(x, self._gather_index, weight, self.centers.numel(),
-                               self.num_prefix, self._index_cache)
+        return pm.merge_tokens(x, self._gather_index, self._masked('merge_weight'),
+                               self.centers.numel(), self.num_prefix, self._index_cache)
 
     def restore(self, z: Tensor, shortcut: Tensor) -> Tensor:
         """``y = R z + (1 - t) * shortcut``: ``(B, P + K, C) -> (B, P + N, C)``; ``shortcut``
         is the ``(B, P + N, C)`` input of :meth:`merge`."""
         if self.representation == 'dense':
             return pmd.restore_tokens_dense(z, shortcut, self.restore_matrix, self.token_mask)
-        weight = self.restore_weight * self._kept if self._any_pruned else self.restore_weight
-        return pm.restore_patches(z, shortcut, self._gather_index, weight, self.num_prefix,
-                                  self._pruned, self._index_cache)
+        return pm.restore_patches(z, shortcut, self._gather_index,
+                                  self._masked('restore_weight'), self.num_prefix, self._pruned,
+                                  self._index_cache)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -36,6 +36,7 @@ class ToMe(TokenReducer):
     Raises:
         ConfigError: a bad ``r``.
     """
+    label_keys = ('r', 'proportional_attention')
 
     def __init__(self, r: Union[int, Sequence[int]] = 0, proportional_attention: bool = True,
                  **kwargs):
