@@ -58,7 +58,7 @@ def table(result: dict, batch_sizes) -> str:
             'GFLOPs (not counted)', 'params (M)']
     for b in batch_sizes:
         head += [f'bs{b} ms (IQR)', f'bs{b} img/s', f'bs{b} speed-up', f'bs{b} vs stock',
-                 f'bs{b} efficiency']
+                 f'bs{b} efficiency', f'bs{b} reduction time']
     head.append('mIoU')
     body = []
     for name, info in result['models'].items():
@@ -75,7 +75,9 @@ def table(result: dict, batch_sizes) -> str:
             lat = r['latency_ms']
             cells += [f'{lat["median"]:.0f} ({lat["iqr"]:.0f})', f'{r["throughput_img_s"]:.2f}',
                       f'{r["speedup"]:.2f}', f'{r["speedup_vs_stock"]:.2f}',
-                      f'{r["efficiency"]:.2f}' if r.get('efficiency') else '–']
+                      f'{r["efficiency"]:.2f}' if r.get('efficiency') else '–',
+                      f'{100 * r["reduction_time"]["fraction"]:.1f}%' if r.get('reduction_time')
+                      else '–']
         cells.append(ACCURACY)
         body.append(cells)
     return markdown_table(head, body, align='lll' + 'r' * (len(head) - 3))
@@ -121,7 +123,10 @@ def main():
             'matmuls; "M/R counted" includes every token-reduction op, "not counted" the blocks '
             'and heads only; ALGM (per-image token count): mean over the images (min-max). '
             'Speed-up = ours uncompressed (fused) latency / model latency; vs stock = mmseg\'s '
-            'stock model latency / model latency; efficiency = speed-up / GFLOPs ratio. '
+            'stock model latency / model latency; efficiency = speed-up / GFLOPs ratio; '
+            'reduction time = wall time in the token reducer\'s steps (merge / restore, '
+            'scoring, matching; ReductionTimer over the profiled forwards) as a share of those '
+            'forwards. '
             '"random uniform (estimate)": no compressed checkpoint, so every Prune-and-Merge unit '
             'holds K = N * keep_rate tokens chosen by random scores.\n\n'
             + table(result, args.batch_sizes))
