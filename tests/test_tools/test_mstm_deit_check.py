@@ -10,7 +10,7 @@ import json
 import os.path as osp
 
 import pytest
-from conftest import REPO, run_tool
+from tests.utils import REPO, run_tool
 
 TOOL = 'tools/analysis_tools/mstm_deit_check.py'
 
