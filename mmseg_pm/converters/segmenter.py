@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..errors import CheckpointFormatError
 from .formats import ConversionReport, split_blocks, unwrap_checkpoint
-from .timm import convert_block, convert_vit_encoder, describe_vit
+from .timm import convert_blocks, convert_vit_encoder, describe_vit
 
 #: mask-transformer decoder keys renamed as they are
 MASK_DECODER_KEYS = {
@@ -41,9 +41,7 @@ def _convert_mask_decoder(dec: Mapping[str, Tensor], report: ConversionReport,
             report.converted[src + key] = f'transposed into {dst}{name}.weight (x @ P)'
         else:
             unknown.append(src + key)
-    for i, block in blocks.items():
-        unknown += convert_block(block, src=f'{src}blocks.{i}.', dst=f'{dst}layers.{i}.',
-                                 report=report, out=out)
+    unknown += convert_blocks(blocks, src=src, dst=dst, report=report, out=out)
     if unknown:
         raise CheckpointFormatError(f'unsupported Segmenter decoder keys: {unknown[:10]}')
     d_model, n_cls = int(dec['cls_emb'].shape[-1]), int(dec['cls_emb'].shape[1])

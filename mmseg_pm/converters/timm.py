@@ -180,6 +180,17 @@ def convert_block(block: Mapping[str, Tensor], *, src: str, dst: str,
     return unknown
 
 
+def convert_blocks(blocks: Mapping[int, Mapping[str, Tensor]], *, src: str, dst: str,
+                   report: ConversionReport, out: Dict[str, Tensor]) -> List[str]:
+    """:func:`convert_block` for every block: source ``<src>blocks.<i>.`` -> target
+    ``<dst>layers.<i>.``. Returns the source keys no block recognises (the caller raises)."""
+    unknown = []
+    for i, block in blocks.items():
+        unknown += convert_block(block, src=f'{src}blocks.{i}.', dst=f'{dst}layers.{i}.',
+                                 report=report, out=out)
+    return unknown
+
+
 def _drop_and_check(sd: Dict[str, Tensor], src: str, report: ConversionReport) -> None:
     """Drop the heads / MAE decoder (recorded) and refuse what mmseg's ViT cannot hold."""
     for key in list(sd):
@@ -283,9 +294,7 @@ def convert_vit_encoder(state_dict: Mapping[str, Tensor], *, src: str = '', dst:
                 report.renamed[src + key] = dst + TOP_KEYS[key]
         else:
             unknown.append(src + key)
-    for i, block in blocks.items():
-        unknown += convert_block(block, src=f'{src}blocks.{i}.', dst=f'{dst}layers.{i}.',
-                                 report=report, out=out)
+    unknown += convert_blocks(blocks, src=src, dst=dst, report=report, out=out)
     if unknown:
         raise CheckpointFormatError(
             f'unsupported keys in a {report.fmt or "ViT"} checkpoint: {unknown[:10]}'
@@ -378,5 +387,5 @@ def convert_timm_vit(state_dict: Mapping[str, Tensor],
 
 
 __all__ = ['BLOCK_KEYS', 'LAYER_SCALE', 'TOP_KEYS', 'DROPPABLE_PREFIXES', 'source_grid',
-           'resample_pos_embed', 'convert_block', 'convert_vit_encoder', 'describe_vit',
-           'convert_timm_vit']
+           'resample_pos_embed', 'convert_block', 'convert_blocks', 'convert_vit_encoder',
+           'describe_vit', 'convert_timm_vit']
