@@ -14,6 +14,7 @@ structure table, GFLOPs before/after (M/R counted and not counted) and, if a val
 configured, the mIoU of the compressed model before any finetuning (the paper's "near winning
 ticket"). Peak memory does not grow with the number of scoring iterations.
 """
+import copy
 import os.path as osp
 
 from mmseg_pm.compat import prepare_cfg
@@ -57,11 +58,14 @@ def main():
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     prepare_cfg(cfg)
 
-    from mmseg_pm.compression import CompressSettings, compress_segmentor
+    from mmseg.registry import HOOKS
+
+    from mmseg_pm.compression import compress_segmentor
     from mmseg_pm.engine.preflight import check_compress_run
-    hook_args = {k: v for k, v in (hooks[0] if hooks else {}).items()
-                 if k in CompressSettings.keys()}
-    settings = check_compress_run(cfg, hook_args, dict(
+
+    # the hook's own settings (its deprecated ``overrides=`` included), as tools/train.py uses
+    hook_settings = HOOKS.build(copy.deepcopy(hooks[0])).settings if hooks else {}
+    settings = check_compress_run(cfg, hook_settings, dict(
         score_iters=args.score_iters, keep_rate=args.keep_rate, prune_rate=args.prune_rate))
 
     from mmengine.runner import Runner

@@ -1,6 +1,6 @@
 # Demo / smoke run of the baseline on the 38-image ADE20K sample (NOT a result: 30 training
 # images, 8 validation images, 20 iterations from random initialisation).
-# Prepare the data first: python tools/prepare_ade20k_sample.py
+# Prepare the data first: python tools/dataset_converters/prepare_ade20k_sample.py
 _base_ = ['../segmenter_vit-s_ade20k.py']
 data_root = 'data/ade20k_sample/ADEChallengeData2016'
 model = dict(pretrained=None)  # no ImageNet weights needed for the smoke run

@@ -167,7 +167,7 @@ def count_classifier_flops(model: ViTClassifier, img_size: Sequence[int] = (224,
     backbone = model.backbone
     device = next(model.parameters()).device
     inputs = torch.randn(1, 3, int(img_size[0]), int(img_size[1]), device=device)
-    total, by_module, unsupported = trace_flops(model, inputs, rerun=True)
+    total, by_module, unsupported = trace_flops(model, inputs)
     grid = (int(img_size[0]) // backbone.patch_size, int(img_size[1]) // backbone.patch_size)
     if backbone.is_reducing:
         tokens = list(backbone.last_token_counts)

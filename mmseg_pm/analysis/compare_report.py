@@ -3,11 +3,11 @@ the two-panel plot and the three result files, each written atomically."""
 import os.path as osp
 from typing import List, Optional
 
-from ..utils.io import atomic_write, save_json
+from ..utils.io import atomic_write, save_json, save_text
+from ..utils.markdown import fmt as _fmt
 from ..utils.markdown import markdown_table
 from .knobs import LABELS, METHODS
 
-RESULT_FILES = ('compare.json', 'compare.md', 'compare.png')
 #: plotted metrics: row field, axis label, scale to percent
 PLOT_METRICS = {
     'miou': ('miou', 'mIoU (%)', 1.0),
@@ -15,10 +15,6 @@ PLOT_METRICS = {
 }
 #: the PNG's size in pixels (width, height)
 FIGURE_SIZE = (1200, 480)
-
-
-def _fmt(value, spec: str) -> Optional[str]:
-    return None if value is None else format(value, spec)
 
 
 def sorted_rows(rows: List[dict]) -> List[dict]:
@@ -159,14 +155,10 @@ def write_outputs(doc: dict, out_dir: str, metric: str = 'miou') -> None:
     """Write ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``, each
     atomically (the JSON first: it is what ``--resume`` reads)."""
     save_json(doc, osp.join(out_dir, 'compare.json'))
-
-    def write_md(tmp):
-        with open(tmp, 'w') as f:
-            f.write(compare_markdown(doc))
-    atomic_write(osp.join(out_dir, 'compare.md'), write_md)
+    save_text(compare_markdown(doc), osp.join(out_dir, 'compare.md'))
     plot_comparison(doc, osp.join(out_dir, 'compare.png'), metric)
 
 
-__all__ = ['RESULT_FILES', 'PLOT_METRICS', 'FIGURE_SIZE', 'sorted_rows', 'knob_text',
+__all__ = ['PLOT_METRICS', 'FIGURE_SIZE', 'sorted_rows', 'knob_text',
            'compare_table', 'protocol_summary', 'compare_markdown', 'plot_comparison',
            'write_outputs']

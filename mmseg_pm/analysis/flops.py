@@ -47,15 +47,15 @@ def sdpa_flop_handle(inputs: List, outputs: List) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-def trace_flops(model: nn.Module, inputs: Tensor, rerun: bool = False):
+def trace_flops(model: nn.Module, inputs: Tensor):
     """mmengine's ``FlopAnalyzer`` on ``model(inputs)`` in eval mode under ``torch.no_grad``
-    (the mode is restored after), fused attention counted by :func:`sdpa_flop_handle`.
+    (the mode is restored after), fused attention counted by :func:`sdpa_flop_handle`. The
+    trace runs the model's own forward, so a backbone's ``last_token_counts`` are those of
+    ``inputs`` afterwards.
 
     Args:
         model (nn.Module): the model; its forward takes ``inputs``.
         inputs (Tensor): ``(1, 3, H, W)``.
-        rerun (bool): run one plain forward after the trace, so that the backbone's
-            ``last_token_counts`` are those of the model itself (the tracer runs a copy).
 
     Returns:
         tuple: ``(total, by_module, unsupported_ops)``: FLOPs (one multiply-add = one FLOP),
@@ -75,8 +75,6 @@ def trace_flops(model: nn.Module, inputs: Tensor, rerun: bool = False):
             by_module = analyzer.by_module()
             total = int(analyzer.total())
             unsupported = dict(analyzer.unsupported_ops())
-            if rerun:
-                model(inputs)
     finally:
         model.train(was_training)
     return total, by_module, unsupported

@@ -1,12 +1,9 @@
 """Human-readable reports of the analysis results: FLOPs, benchmark protocol and tables."""
 from typing import Dict, List
 
+from ..utils.markdown import fmt as _fmt
 from ..utils.markdown import markdown_table, span_label
 from .flops import COMPONENTS, gflops
-
-
-def _fmt(v, spec='.2f'):
-    return None if v is None else format(v, spec)
 
 
 def format_flops_report(result: Dict, title: str = '') -> str:

@@ -40,6 +40,14 @@ def save_json(obj: Any, path: str) -> str:
     return atomic_write(path, write)
 
 
+def save_text(text: str, path: str) -> str:
+    """Write ``text`` to ``path``, atomically."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
 def save_checkpoint(checkpoint: dict, path: str) -> str:
     """``torch.save`` a checkpoint dict atomically."""
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))

@@ -23,6 +23,11 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]],
     return '\n'.join(lines)
 
 
+def fmt(value, spec: str = '.2f') -> Optional[str]:
+    """``format(value, spec)``, or None (an en dash in :func:`markdown_table`) for None."""
+    return None if value is None else format(value, spec)
+
+
 def span_label(span: Sequence[int]) -> str:
     """``'a'`` for a one-block span ``(a, a)``, ``'a-b'`` otherwise."""
     a, b = span

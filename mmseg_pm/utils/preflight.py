@@ -167,7 +167,8 @@ def check_dataset(dataset_cfg: dict, split: str) -> None:
         return check_dataset(dataset_cfg['dataset'], split)
     root = dataset_cfg.get('data_root', '')
     hint = (' Prepare ADE20K as in README "Data preparation", or use the 38-image sample: '
-            'python tools/prepare_ade20k_sample.py, then the configs under configs/demo/.')
+            'python tools/dataset_converters/prepare_ade20k_sample.py, then the configs under '
+            'configs/demo/.')
     if root and not osp.isdir(root):
         raise DataError(f'{split} data root not found: {root} (looked in '
                         f'{osp.abspath(root)}).{hint}')

@@ -38,3 +38,13 @@ def test_compress_writes_a_strictly_loadable_checkpoint(demo_checkpoints, sample
                            '--data-root', sample_root, '--no-eval')
     assert_one_line_error(proc, 'compressed.pth is already compressed')
     assert listing(tmp_path) == before
+
+
+def test_compress_reads_the_hooks_deprecated_overrides(demo_checkpoints, sample_root, tmp_path):
+    """``PMCompressHook(overrides=...)`` (deprecated) counts in pm_compress as in training."""
+    out = tmp_path / 'compressed.pth'
+    run_tool(TOOL, DEMO, demo_checkpoints['uncompressed'], '--out', str(out),
+             '--score-iters', '1', '--data-root', sample_root, '--no-eval',
+             '--cfg-options', 'custom_hooks.0.overrides.keep_rate=0.7')
+    record = json.load(open(tmp_path / 'compressed.json'))
+    assert record['settings']['keep_rate'] == 0.7

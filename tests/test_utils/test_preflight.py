@@ -46,7 +46,8 @@ def test_read_config_names_broken_files(tmp_path):
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def test_check_checkpoint(tmp_path):
+def test_check_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # checkpoints/ of the checkout may hold the real weights
     with pytest.raises(UserError, match='is a URL .* does not download'):
         check_checkpoint('https://x.org/a.pth', 'checkpoint')
     name = 'vit_small_p16_384_20220308-410f6037.pth'

@@ -91,7 +91,7 @@ def main():
     from mmseg_pm.analysis.build import load_config
     from mmseg_pm.analysis.suite import build_entries, compare, comparison_entries
     from mmseg_pm.errors import UserError
-    from mmseg_pm.utils.io import atomic_write, save_json
+    from mmseg_pm.utils.io import save_json, save_text
 
     quiet_logging()
     for path in (args.out, args.markdown):
@@ -117,7 +117,7 @@ def main():
     models = build_entries(entries, checkpoints.get(BASELINE), checkpoints,
                            keep_rate=hook['keep_rate'], prune_rate=hook['prune_rate'],
                            device=args.device)
-    result = compare(entries, models, load_config(configs[0]), spec, data_root=args.data_root)
+    result = compare(entries, models, pm, spec, data_root=args.data_root)
     text = (protocol_text(result['protocol']) + '\n\nGFLOPs: mmengine.analysis, one '
             'multiply-add = one FLOP, per image at 512x512, fused attention counted as its '
             'matmuls; "M/R counted" includes every token-reduction op, "not counted" the blocks '
@@ -135,10 +135,7 @@ def main():
         save_json(result, args.out)
         print(f'\nwrote {args.out}')
     if args.markdown:
-        def write(tmp):
-            with open(tmp, 'w') as f:
-                f.write(text + '\n')
-        atomic_write(args.markdown, write)
+        save_text(text + '\n', args.markdown)
         print(f'wrote {args.markdown}')
 
 
