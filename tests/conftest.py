@@ -22,7 +22,8 @@ def _seed():
 
 @pytest.fixture(scope='session')
 def sample_root(tmp_path_factory):
-    """The real sample linked as 30 train / 8 val (tools/dataset_converters/prepare_ade20k_sample.py)."""
+    """The real sample linked as 30 train / 8 val
+    (tools/dataset_converters/prepare_ade20k_sample.py)."""
     assert osp.isdir(SAMPLE), f'the ADE20K sample is missing: {SAMPLE}'
     out = tmp_path_factory.mktemp('ade20k_sample')
     run_tool(osp.join(REPO, 'tools', 'dataset_converters', 'prepare_ade20k_sample.py'),
