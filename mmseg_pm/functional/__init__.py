@@ -9,6 +9,8 @@ No ``nn.Module``, no registry, no mmseg import (the role of ToMe's ``merge.py``)
   tokens, their sizes (how many original patches each stands for) and, for every input patch
   token, the reduced token that carries it (``-1``: dropped; restored from the step's input).
 
-Modules: :mod:`.common` (the record, restoring, shared helpers), :mod:`.tome` (ToMe),
-:mod:`.evit` (EViT), :mod:`.algm` (ALGM) and :mod:`.mstm` (MSTM, a reconstruction).
+Modules: :mod:`.common` (the record, restoring, shared helpers), :mod:`.prune_merge`
+(Prune-and-Merge structures), :mod:`.prune_merge_sparse` and :mod:`.prune_merge_dense`
+(applying them), :mod:`.tome` (ToMe), :mod:`.evit` (EViT), :mod:`.algm` (ALGM) and
+:mod:`.mstm` (MSTM, a reconstruction).
 """

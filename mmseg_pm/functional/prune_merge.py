@@ -23,17 +23,18 @@ The dense matrices of the paper are ``M`` of shape ``(P + K, P + N)``, ``R`` of 
 ``(P + N, P + K)`` and the token mask ``t`` of shape ``(P + N,)`` (1 = kept or merged,
 0 = pruned); prefix rows/columns are the identity. ``to_dense_*`` converts exactly.
 
-Sparse application (:func:`merge_tokens`, :func:`restore_patches`) costs O(B * N * C) with a
-scatter-add and a gather; it never forms the dense ``(P + K) x (P + N)`` product.
+Applying a structure: :mod:`.prune_merge_sparse` (O(B * N * C) weighted gathers; ``merge_tokens``
+and ``restore_patches`` are importable from here too) and :mod:`.prune_merge_dense` (the
+matrices).
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, StructureError
-from .common import flat_rows, memoized, restore_tokens
+from .prune_merge_sparse import merge_tokens, restore_patches  # noqa: F401 (earlier import path)
 
 #: epsilon of the official code in the weight denominator and the L2 normalisation
 #: (``tm_prune_merge_to_center.get_merge_matrix`` / ``tm_prune``)
@@ -350,94 +351,3 @@ def check_spans(spans: Sequence[Sequence[int]], num_layers: int) -> List[Tuple[i
         if a1 <= b0:
             raise ConfigError(f'spans ({a0}, {b0}) and ({a1}, {b1}) overlap')
     return norm
-
-
-# --------------------------------------------------------------------------------------------
-# applying structures
-# --------------------------------------------------------------------------------------------
-def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: int,
-                 num_prefix: int, cache: Optional[dict] = None) -> Tensor:
-    """Sparse ``z = M x``: merge ``(B, P + N, C)`` tokens into ``(B, P + K, C)``.
-
-    Prefix tokens are copied; patch ``j`` is added into group ``assign[j]`` with weight
-    ``merge_weight[j]``; pruned patches (``assign = -1``) contribute nothing.
-
-    Cost: one weighted copy of the patches and one scatter-add of ``B * N`` rows of ``C``
-    values (``index_add_`` on the contiguous ``(B * (P + K), C)`` view, the fast CPU path:
-    whole rows, indices in increasing memory order per image). While exporting to ONNX the
-    scatter-add is ``scatter_add`` (ONNX ScatterElements with ``reduction='add'``, opset 16+).
-
-    Args:
-        x (Tensor): ``(B, P + N, C)``.
-        assign (Tensor): LongTensor ``(N,)``.
-        merge_weight (Tensor): ``(N,)``, already zero where pruned (or masked by the caller).
-        num_groups (int): K.
-        num_prefix (int): P.
-        cache (dict, optional): keeps the flat row indices per batch size and device (the
-            caller clears it when the structure changes).
-
-    Returns:
-        Tensor: ``(B, P + K, C)`` (contiguous).
-    """
-    b, length, c = x.shape
-    p, k = num_prefix, num_groups
-    n = length - p
-    patches = x[:, p:] * merge_weight.to(x.dtype)[None, :, None]
-    if torch.onnx.is_in_onnx_export():
-        # ONNX: ScatterElements(reduction='add') (opset >= 16); index_add_ with repeated
-        # indices has no correct ONNX equivalent
-        index = assign.clamp(min=0)[None, :, None].expand(b, n, c)
-        z = x.new_zeros(b, k, c).scatter_add(1, index, patches)
-        return torch.cat([x[:, :p], z], dim=1) if p else z
-    z = x.new_zeros(b, p + k, c)
-    if p:
-        z[:, :p] = x[:, :p]
-    rows = memoized(cache, ('merge', b, x.device),
-                    lambda: flat_rows(assign.clamp(min=0) + p, b, p + k))
-    z.view(b * (p + k), c).index_add_(0, rows, patches.reshape(b * n, c))
-    return z
-
-
-def restore_patches(z: Tensor, shortcut: Tensor, assign: Tensor, restore_weight: Tensor,
-                    num_prefix: int, prune_mask: Optional[Tensor] = None,
-                    cache: Optional[dict] = None) -> Tensor:
-    """Sparse ``y = R z + (1 - t) * x``: restore ``(B, P + K, C)`` tokens to ``(B, P + N, C)``.
-
-    Prefix tokens come from ``z``; patch ``j`` gets ``restore_weight[j] * z[P + assign[j]]``;
-    pruned patches get their block input ``shortcut`` unchanged (the paper's shortcut for
-    pruned tokens; official ``tmvit.py`` Block forward). One gather, one in-place scaling and a
-    copy of the pruned rows, with the flat row indices kept in ``cache`` (per batch size and
-    device); with autograd recording or while exporting to ONNX,
-    :func:`mmseg_pm.functional.common.restore_tokens` (out of place).
-
-    Args:
-        z (Tensor): ``(B, P + K, C)`` block output in the compressed space.
-        shortcut (Tensor): ``(B, P + N, C)`` input of the merge (the pruned tokens' source).
-        assign (Tensor): LongTensor ``(N,)``.
-        restore_weight (Tensor): ``(N,)``, zero where pruned (or masked by the caller).
-        num_prefix (int): P.
-        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
-        cache (dict, optional): see :func:`merge_tokens`.
-
-    Returns:
-        Tensor: ``(B, P + N, C)`` (contiguous).
-    """
-    record = torch.is_grad_enabled() and (z.requires_grad or shortcut.requires_grad
-                                          or restore_weight.requires_grad)
-    if record or torch.onnx.is_in_onnx_export() or z.is_cuda or z.dtype != shortcut.dtype:
-        return restore_tokens(z, assign, num_prefix, weight=restore_weight, shortcut=shortcut,
-                              dropped=prune_mask)
-    b, pk, c = z.shape
-    p, n = num_prefix, assign.numel()
-    rows = memoized(cache, ('restore', b, z.device), lambda: flat_rows(torch.cat(
-        [torch.arange(p, device=assign.device), assign.clamp(min=0) + p]), b, pk))
-    y = z.reshape(b * pk, c).index_select(0, rows).view(b, p + n, c)
-    y[:, p:].mul_(restore_weight.to(y.dtype)[None, :, None])
-    if prune_mask is None:
-        prune_mask = assign < 0
-    pos = memoized(cache, ('pruned', b, z.device), lambda: flat_rows(
-        torch.nonzero(prune_mask).flatten() + p, b, p + n))
-    if pos.numel():
-        y.view(b * (p + n), c).index_copy_(0, pos,
-                                           shortcut.reshape(b * (p + n), c).index_select(0, pos))
-    return y

@@ -52,24 +52,6 @@ def test_closed_form_restore_equals_pinv():
         assert torch.allclose(r, torch.linalg.pinv(m), atol=1e-5)
 
 
-def test_sparse_equals_dense_and_shortcut():
-    s, _ = _random_structure(grid=(4, 6), keep=0.5, prune=0.25, seed=1)
-    x = torch.randn(2, 1 + 24, 8)
-    z = pm.merge_tokens(x, s.assign.clamp(min=0), s.merge_weight, s.num_groups, 1)
-    zd = pmd.merge_tokens_dense(x, pmd.to_dense_merge(s, 1))
-    assert z.shape == (2, 1 + s.num_groups, 8)
-    assert torch.allclose(z, zd, atol=1e-6)
-    assert torch.equal(z[:, 0], x[:, 0])  # CLS unchanged
-    block_out = z * 3.0
-    y = pm.restore_patches(block_out, x, s.assign, s.restore_weight, 1)
-    yd = pmd.restore_tokens_dense(block_out, x, pmd.to_dense_restore(s, 1),
-                                  pmd.to_token_mask(s, 1))
-    assert torch.allclose(y, yd, atol=1e-6)
-    # pruned tokens come back unchanged through the shortcut; CLS comes from the block
-    assert torch.equal(y[:, 1:][:, s.pruned], x[:, 1:][:, s.pruned])
-    assert torch.equal(y[:, 0], block_out[:, 0])
-
-
 def test_identity_structure_is_exact():
     s = pm.identity_structure((3, 4))
     assert s.is_identity()
@@ -98,33 +80,3 @@ def test_validate_structure_rejects_corruption():
     bad = PMStructure(s.grid_size, s.assign, s.centers.flip(0), s.merge_weight, s.restore_weight)
     with pytest.raises(PMStructureError, match='increasing'):
         pm.validate_structure(bad)
-
-
-def test_sparse_gradients_match_dense():
-    """Through merge and restore, the sparse path (with and without autograd) and its
-    gradients (tokens, merge and restore weights) equal the dense ``M x`` / ``R z``."""
-    s = pm.structure_from_scores(torch.rand(64), (8, 8), 0.4, 0.3)
-    kept = (s.assign >= 0).float()
-    m, r, t = pmd.to_dense_merge(s, 1), pmd.to_dense_restore(s, 1), pmd.to_token_mask(s, 1)
-    x = torch.randn(3, 65, 16)
-    xs = x.clone().requires_grad_()
-    mw = (s.merge_weight * kept).requires_grad_()
-    rw = (s.restore_weight * kept).requires_grad_()
-    y = pm.restore_patches(pm.merge_tokens(xs, s.assign, mw, s.num_groups, 1), xs, s.assign,
-                           rw, 1)
-    xd, md, rd = x.clone().requires_grad_(), m.clone().requires_grad_(), \
-        r.clone().requires_grad_()
-    yd = pmd.restore_tokens_dense(pmd.merge_tokens_dense(xd, md), xd, rd, t)
-    torch.testing.assert_close(y, yd, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():  # the inference path gives the same numbers
-        y0 = pm.restore_patches(pm.merge_tokens(x, s.assign, mw, s.num_groups, 1), x,
-                                s.assign, rw, 1)
-    torch.testing.assert_close(y0, y.detach(), atol=0, rtol=0)
-    y.square().sum().backward()
-    yd.square().sum().backward()
-    torch.testing.assert_close(xs.grad, xd.grad, atol=1e-4, rtol=1e-5)
-    idx = torch.nonzero(s.assign >= 0).flatten()
-    torch.testing.assert_close(mw.grad[idx], md.grad[1 + s.assign[idx], 1 + idx],
-                               atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(rw.grad[idx], rd.grad[1 + idx, 1 + s.assign[idx]],
-                               atol=1e-4, rtol=1e-5)

@@ -23,11 +23,11 @@ class ReductionContext:
             padding 0); None while every token is one patch.
         restores (list[callable]): one per open reduction step, innermost last; each maps the
             tokens after the step back to the tokens before it.
-        sources (list[Tensor]): the composed patch map before each open step; ``source`` is
-            the current one.
-        source (Tensor | None): LongTensor ``(N,)`` (shared by the batch) or ``(B, N)``: the
-            current token slot (among the patch tokens) of each original patch, ``-1`` if it
-            was dropped; None while unreduced.
+        sources (list[Tensor]): while recording groups, the composed patch map before each
+            open step; ``source`` is the current one.
+        source (Tensor | None): while recording groups, LongTensor ``(N,)`` (shared by the
+            batch) or ``(B, N)``: the current token slot (among the patch tokens) of each
+            original patch, ``-1`` if it was dropped; None while unreduced (or not recording).
         token_counts (list[int]): sequence length entering every block (``P + K``; with
             per-image counts, the padded length), for summaries.
         groups (list | None): when a list, every step appends ``(block, source)`` (for
@@ -63,9 +63,9 @@ class ReductionContext:
             block (int): the block the step belongs to (for the group record).
         """
         self.restores.append(restore)
-        self.sources.append(self.source)
-        self.source = index if self.source is None else compose_index(self.source, index)
         if self.groups is not None:
+            self.sources.append(self.source)
+            self.source = index if self.source is None else compose_index(self.source, index)
             self.groups.append((block, self.source.detach().clone()))
 
     def apply(self, x: Tensor, red: Reduction, block: int,
@@ -85,8 +85,16 @@ class ReductionContext:
     def pop(self, x: Tensor) -> Tensor:
         """Close the innermost step: undo it on ``x`` and return the longer sequence."""
         restore = self.restores.pop()
-        self.source = self.sources.pop()
+        if self.groups is not None:
+            self.source = self.sources.pop()
         return restore(x)
+
+    def drop(self) -> None:
+        """Close the innermost step without undoing it: the next step takes its reduced tokens
+        as they are and restores through it (Prune-and-Merge units in consecutive blocks)."""
+        self.restores.pop()
+        if self.groups is not None:
+            self.source = self.sources.pop()
 
     def restore(self, x: Tensor) -> Tensor:
         """Undo every open step on ``x`` without closing them: ``(B, P + N, C)``."""

@@ -6,6 +6,7 @@ Information Preserved", IEEE TMM 2025 (arXiv 2503.23455); official code
 NUST-Machine-Intelligence-Laboratory/prune_and_merge ``pm-vit/tmvit.py`` (Block forward) and
 wafev/PM-Segmenter. The maths lives in :mod:`mmseg_pm.functional.prune_merge`.
 """
+import itertools
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,10 +17,15 @@ from torch import Tensor, nn
 from ...errors import ConfigError, StructureError
 from ...functional import prune_merge as pm
 from ...functional import prune_merge_dense as pmd
+from ...functional import prune_merge_sparse as pms
 from ...functional.prune_merge import PMStructure
 from .base import ReductionContext, TokenReducer
 
 REPRESENTATIONS = ('sparse', 'dense')
+#: ``ReductionContext.extra`` keys: the carried rows of the open unit, and a unit whose step
+#: stays open across a block boundary for the next unit's merge
+CARRIED, CHAINED = 'prune_merge.carried', 'prune_merge.chained'
+_GENERATIONS = itertools.count()
 
 
 class PruneMergeUnit(nn.Module):
@@ -35,7 +41,8 @@ class PruneMergeUnit(nn.Module):
     * buffers ``span`` (2,) = (a, b), ``grid_size`` (2,) = (H_g, W_g), ``assign`` (N,),
       ``centers`` (K,); in dense mode also ``token_mask`` (P + N,).
     * parameters, ``representation='sparse'``: ``merge_weight`` (N,) and ``restore_weight``
-      (N,), the non-zero support of M and R (the structure cannot drift during training);
+      (N,), the support of M and R (the entries of pruned patches are never read, so they
+      get no gradient: the structure cannot drift during training);
       ``representation='dense'``: ``merge_matrix`` (P + K, P + N) and ``restore_matrix``
       (P + N, P + K), as the official classification code trains them.
 
@@ -135,10 +142,8 @@ class PruneMergeUnit(nn.Module):
         """Recompute the derived (non-persistent) state after an install or a load."""
         self._pruned = self.assign < 0
         self._any_pruned = bool(self._pruned.any())
-        self._kept = (~self._pruned).to(torch.float32)
-        self._gather_index = self.assign.clamp(min=0)
-        self._index_cache = {}  # flat row indices per batch size (functional.prune_merge)
-        self._weight_cache = {}  # masked weights outside autograd: name -> (version, tensor)
+        self._index_cache = {}  # bag indices and weights (functional.prune_merge_sparse)
+        self._generation = next(_GENERATIONS)  # tells a changed structure from the old one
         n = self.assign.numel()
         if self.representation == 'sparse':
             weights_are_one = bool((self.merge_weight == 1).all() and
@@ -158,36 +163,50 @@ class PruneMergeUnit(nn.Module):
         self._refresh()
         return out
 
-    def _masked(self, name: str) -> Tensor:
-        """Sparse ``merge_weight`` or ``restore_weight`` with the pruned patches' entries
-        zeroed (an optimizer step cannot revive them). Outside autograd the product is kept
-        until the parameter changes (its version counter), not recomputed every forward."""
-        weight = getattr(self, name)
-        if not self._any_pruned:
-            return weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return weight * self._kept
-        version, masked = self._weight_cache.get(name, (None, None))
-        if version != weight._version or masked.device != weight.device:
-            masked = weight.detach() * self._kept
-            self._weight_cache[name] = (weight._version, masked)
-        return masked
-
     def merge(self, x: Tensor) -> Tensor:
         """``z = M x``: ``(B, P + N, C) -> (B, P + K, C)``."""
         if self.representation == 'dense':
             return pmd.merge_tokens_dense(x, self.merge_matrix)
-        return pm.merge_tokens(x, self._gather_index, self._masked('merge_weight'),
-                               self.centers.numel(), self.num_prefix, self._index_cache)
+        return pms.merge_tokens(x, self.assign, self.merge_weight, self.centers.numel(),
+                                self.num_prefix, self._index_cache)
 
-    def restore(self, z: Tensor, shortcut: Tensor) -> Tensor:
-        """``y = R z + (1 - t) * shortcut``: ``(B, P + K, C) -> (B, P + N, C)``; ``shortcut``
-        is the ``(B, P + N, C)`` input of :meth:`merge`."""
+    def restore(self, z: Tensor, shortcut: Optional[Tensor] = None,
+                carried: Optional[Tensor] = None) -> Tensor:
+        """``y = R z + (1 - t) * x``: ``(B, P + K, C) -> (B, P + N, C)``, given the
+        ``(B, P + N, C)`` input ``x`` of :meth:`merge` as ``shortcut``, or (sparse) only its
+        pruned rows as ``carried`` ``(B, n_pruned, C)`` (:meth:`carry`)."""
         if self.representation == 'dense':
             return pmd.restore_tokens_dense(z, shortcut, self.restore_matrix, self.token_mask)
-        return pm.restore_patches(z, shortcut, self._gather_index,
-                                  self._masked('restore_weight'), self.num_prefix, self._pruned,
-                                  self._index_cache)
+        return pms.restore_patches(z, shortcut, self.assign, self.restore_weight,
+                                   self.num_prefix, self._pruned, self._index_cache, carried)
+
+    def carry(self, x: Tensor) -> Tensor:
+        """The rows of the pruned patches of the input ``(B, P + N, C)``: ``(B, n_pruned, C)``
+        (sparse only)."""
+        return pms.carry_pruned(x, self.assign, self.num_prefix, self._index_cache)
+
+    def merge_after(self, upstream: 'PruneMergeUnit', z: Tensor,
+                    carried: Tensor) -> Tuple[Tensor, Tensor]:
+        """Restore ``upstream`` (which ends in the block before this unit) and merge into this
+        unit in one step, without the full grid in between (sparse only;
+        :func:`~mmseg_pm.functional.prune_merge_sparse.restore_then_merge`).
+
+        Args:
+            upstream (PruneMergeUnit): the unit ending at block ``self.start - 1``.
+            z (Tensor): ``(B, P + K_up, C)`` its last block's output.
+            carried (Tensor): ``(B, n_pruned_up, C)`` its carried rows.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``(B, P + K, C)`` merged tokens and this unit's carried
+            rows ``(B, n_pruned, C)``.
+        """
+        generation, cache = self._index_cache.get('after', (None, None))
+        if generation != upstream._generation:  # one upstream structure at a time
+            cache = {}
+            self._index_cache['after'] = (upstream._generation, cache)
+        return pms.restore_then_merge(
+            z, carried, (upstream.assign, upstream.restore_weight),
+            (self.assign, self.merge_weight, self.centers.numel()), self.num_prefix, cache)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -328,16 +347,45 @@ class PruneMerge(TokenReducer):
                                f'{[a for a, _ in self.spans]}')
             self._modules[str(start)].install(s)
 
+    def carries_rows(self, x: Tensor) -> bool:
+        """Whether a forward on ``x`` takes the carried-rows path (sparse units, autograd not
+        recording, not exporting to ONNX): a unit keeps only the pruned rows of its input,
+        and a unit ending right before another is restored and merged into it in one step
+        (:meth:`PruneMergeUnit.merge_after`). Otherwise every unit keeps its whole input and
+        restores after its last block (the path training differentiates)."""
+        return (self.representation == 'sparse' and not torch.onnx.is_in_onnx_export()
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.trainable)))
+
     def pre_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
         unit = self._modules.get(str(block))
         if unit is None or unit.is_identity:
             return x
-        ctx.push(partial(unit.restore, shortcut=x), unit.assign, block)
-        return unit.merge(x)
+        chained = ctx.extra.pop(CHAINED, None)
+        if chained is not None:  # x is the reduced output of the unit ending at block - 1
+            upstream, carried = chained
+            ctx.drop()
+            z, carried = unit.merge_after(upstream, x, carried)
+        elif self.carries_rows(x):
+            z, carried = unit.merge(x), unit.carry(x)
+        else:
+            ctx.push(partial(unit.restore, shortcut=x), unit.assign, block)
+            return unit.merge(x)
+        ctx.push(partial(unit.restore, carried=carried), unit.assign, block)
+        ctx.extra[CARRIED] = carried
+        return z
 
     def post_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
+        """Restore the unit ending at ``block``; on the carried-rows path, when the next block
+        starts another unit, leave the step open and ``x`` reduced for that unit's merge (an
+        output the backbone takes here is still restored through the open step)."""
         start = self._end_of.get(block)
         if start is None or self._modules[str(start)].is_identity:
+            return x
+        carried = ctx.extra.pop(CARRIED, None)
+        following = self._modules.get(str(block + 1))
+        if (carried is not None and following is not None and not following.is_identity
+                and x.dtype == carried.dtype):
+            ctx.extra[CHAINED] = (self._modules[str(start)], carried)
             return x
         return ctx.pop(x)
 

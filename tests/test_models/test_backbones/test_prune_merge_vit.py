@@ -10,6 +10,7 @@ from mmseg_pm.errors import ConfigError, FixedTokenCountError
 from mmseg_pm.errors import StructureError as PMStructureError
 from mmseg_pm.functional import prune_merge as pm
 from mmseg_pm.models import PruneMergeViT
+from mmseg_pm.models.reducers import PruneMergeUnit
 
 TINY = dict(img_size=(64, 64), patch_size=16, embed_dims=32, num_layers=4, num_heads=2,
             final_norm=True, norm_cfg=dict(type='LN', eps=1e-6))
@@ -215,3 +216,43 @@ def test_deprecated_compression_keys_still_read():
     bad = PruneMergeViT(pm_cfg=dict(mode='layer', keep_rate=1.5), **TINY)
     with pytest.raises(ConfigError, match='keep_rate'):
         PMCompressHook().resolve_settings(bad)
+
+
+@pytest.mark.parametrize('pm_cfg,kw,chained', [
+    (dict(mode='layer'), dict(out_indices=-1), [1, 2, 3]),
+    (dict(mode='layer'), dict(out_indices=(0, 2, 3)), [1, 2, 3]),
+    (dict(mode='layer', layers=[0, 1, 3]), dict(with_cls_token=False, out_indices=(1, 3)),
+     [1]),
+    (dict(mode='span', spans=[(0, 1), (2, 3)]), dict(output_cls_token=True, out_indices=(0, 3)),
+     [2]),
+])
+def test_inference_path_equals_the_training_path(pm_cfg, kw, chained, monkeypatch):
+    """Without autograd, units keep only their pruned rows and units in consecutive blocks are
+    restored and merged in one step; outputs, token counts and token groups equal the path
+    training differentiates (every unit restored to the full grid)."""
+    model = PruneMergeViT(pm_cfg=pm_cfg, **dict(TINY, **kw))
+    model.init_weights()
+    compress(model)
+    model.eval()
+    model.record_groups = True
+    calls = []
+    merge_after = PruneMergeUnit.merge_after
+
+    def spy(unit, *args):
+        calls.append(unit.start)
+        return merge_after(unit, *args)
+    monkeypatch.setattr(PruneMergeUnit, 'merge_after', spy)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.reducer.carries_rows(x)
+        fast, fast_groups = outputs(model, x), model.last_groups
+    assert calls == chained
+    with torch.enable_grad():  # trainable M / R: the differentiable path
+        assert not model.reducer.carries_rows(x)
+        plain, plain_groups = outputs(model, x), model.last_groups
+    assert calls == chained
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
+    assert [blk for blk, _ in fast_groups] == [blk for blk, _ in plain_groups]
+    for (_, a), (_, b) in zip(fast_groups, plain_groups):
+        assert torch.equal(a, b)
