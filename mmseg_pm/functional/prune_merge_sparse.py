@@ -36,12 +36,12 @@ def _starts(sizes: Tensor) -> Tensor:
     return torch.cumsum(sizes, 0) - sizes
 
 
-def _memo_weights(cache: Optional[dict], key, sources: Sequence[Tensor], make):
+def _memo_by_weights(cache: Optional[dict], key, sources: Sequence[Tensor], make):
     """``make()``, kept in ``cache`` outside autograd until one of ``sources`` changes (same
     object, same version counter; the entry holds the objects, so their ids stay theirs)."""
     if cache is None or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
         return make()
-    stamp = tuple((id(s), s._version) for s in sources)
+    stamp = [(id(s), s._version) for s in sources]
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[2]
@@ -109,8 +109,8 @@ def merge_tokens(x: Tensor, assign: Tensor, merge_weight: Tensor, num_groups: in
         return (flat_rows(rows, b, length), flat_rows(_starts(sizes), b, rows.numel()),
                 members)
     rows, offsets, members = memoized(cache, ('merge', b, x.device), bags)
-    weights = _memo_weights(cache, ('merge_weights', b, x.dtype), (merge_weight,),
-                            lambda: _bag_weights(merge_weight, members, p, b, x.dtype))
+    weights = _memo_by_weights(cache, ('merge_weights', b, x.dtype), (merge_weight,),
+                               lambda: _bag_weights(merge_weight, members, p, b, x.dtype))
     z = F.embedding_bag(rows, x.reshape(b * length, c), offsets, mode='sum',
                         per_sample_weights=weights)
     return z.view(b, p + k, c)
@@ -162,8 +162,8 @@ def restore_patches(z: Tensor, shortcut: Optional[Tensor], assign: Tensor,
         return flat_rows(rows, b, pk), torch.arange(b * (p + n), device=assign.device)
     rows, offsets = memoized(cache, ('restore', b, z.device), bags)
     pruned = memoized(cache, ('pruned', b, z.device), lambda: pruned_rows(assign, p, b))
-    weights = _memo_weights(cache, ('restore_weights', b, z.dtype), (restore_weight,),
-                            lambda: _bag_weights(restore_weight, slice(None), p, b, z.dtype))
+    weights = _memo_by_weights(cache, ('restore_weights', b, z.dtype), (restore_weight,),
+                               lambda: _bag_weights(restore_weight, slice(None), p, b, z.dtype))
     y = F.embedding_bag(rows, z.reshape(b * pk, c), offsets, mode='sum',
                         per_sample_weights=weights)
     if pruned.numel():
@@ -186,8 +186,9 @@ def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
     Equals ``y = restore_patches(z, None, ..., carried=carried)`` of ``a`` followed by
     ``merge_tokens(y, ...)`` and ``carry_pruned(y, ...)`` of ``b`` (up to float rounding: the
     weights ``merge_weight_b[j] * restore_weight_a[j]`` are multiplied first), without the
-    ``(B, P + N, C)`` grid ``y``: both outputs are weighted gathers from the rows of ``z`` and
-    ``carried`` (concatenated: one copy of ``z``, two ``embedding_bag`` calls).
+    ``(B, P + N, C)`` grid ``y``: both outputs are one weighted gather from the rows of ``z``
+    and ``carried`` (concatenated: one copy of ``z``, one ``embedding_bag`` whose output holds
+    the merged tokens, then the carried rows).
 
     Args:
         z (Tensor): ``(B, P + K_a, C)`` output of unit ``a``'s last block.
@@ -204,17 +205,18 @@ def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
     (assign_a, restore_a), (assign_b, merge_b, k_b) = first, second
     b, pk_a, c = z.shape
     p = num_prefix
-    plan = memoized(cache, ('plan', b, z.device),
-                    lambda: _chain_plan(assign_a, assign_b, k_b, p, b, pk_a))
-    merge_w, carry_w = _memo_weights(cache, ('weights', b, z.dtype), (restore_a, merge_b),
-                                     lambda: _chain_weights(plan, restore_a, merge_b, p, b,
-                                                            z.dtype))
+
+    def make():
+        plan = _chain_plan(assign_a, assign_b, k_b, p, b, pk_a)
+        return plan['rows'], plan['offsets'], _chain_weights(plan, restore_a, merge_b, p, b,
+                                                             z.dtype)
+    # one lookup per call: indices and weights together, rebuilt when a weight changes
+    rows, offsets, weights = _memo_by_weights(cache, (b, z.device, z.dtype),
+                                              (restore_a, merge_b), make)
     table = torch.cat([z.reshape(b * pk_a, c), carried.reshape(-1, c)])
-    out = F.embedding_bag(plan['merge_rows'], table, plan['merge_offsets'], mode='sum',
-                          per_sample_weights=merge_w)
-    new = F.embedding_bag(plan['carry_rows'], table, plan['carry_offsets'], mode='sum',
-                          per_sample_weights=carry_w)
-    return out.view(b, p + k_b, c), new.view(b, -1, c)
+    out = F.embedding_bag(rows, table, offsets, mode='sum', per_sample_weights=weights)
+    merged = b * (p + k_b)  # the merged tokens' rows first, then the carried rows
+    return out[:merged].view(b, p + k_b, c), out[merged:].view(b, -1, c)
 
 
 def _chain_plan(assign_a: Tensor, assign_b: Tensor, k_b: int, p: int, b: int,
@@ -239,21 +241,21 @@ def _chain_plan(assign_a: Tensor, assign_b: Tensor, k_b: int, p: int, b: int,
     sizes = torch.cat([torch.ones(p, dtype=torch.long, device=dev),
                        torch.bincount(assign_b[members], minlength=k_b)])
     pruned_b = torch.nonzero(assign_b < 0).flatten()
+    merge_rows, carry_rows = rows_of(members, prefix), rows_of(pruned_b, prefix[:0])
+    offsets = torch.cat([flat_rows(_starts(sizes), b, p + members.numel()),
+                         merge_rows.numel() + torch.arange(carry_rows.numel(), device=dev)])
     return dict(members=members, pruned_b=pruned_b, carried_a=assign_a < 0,
-                merge_rows=rows_of(members, prefix),
-                merge_offsets=flat_rows(_starts(sizes), b, p + members.numel()),
-                carry_rows=rows_of(pruned_b, prefix[:0]),
-                carry_offsets=torch.arange(b * pruned_b.numel(), device=dev))
+                rows=torch.cat([merge_rows, carry_rows]), offsets=offsets)
 
 
 def _chain_weights(plan: dict, restore_a: Tensor, merge_b: Tensor, p: int, b: int, dtype):
     """Bag weights of :func:`restore_then_merge`: per patch ``j`` the factor ``f_j`` that gives
     ``y_a[j]`` from its table row (``restore_weight_a[j]``, or 1 for a carried row); then
-    ``merge_weight_b[j] * f_j`` for the merge and ``f_j`` for the carried rows of ``b``."""
+    ``merge_weight_b[j] * f_j`` for the merge bags and ``f_j`` for the carried rows of ``b``."""
     factor = torch.where(plan['carried_a'], restore_a.new_ones(()), restore_a)
     members, pruned_b = plan['members'], plan['pruned_b']
     merge_w = torch.cat([merge_b.new_ones(p), merge_b[members] * factor[members]])
-    return merge_w.to(dtype).repeat(b), factor[pruned_b].to(dtype).repeat(b)
+    return torch.cat([merge_w.to(dtype).repeat(b), factor[pruned_b].to(dtype).repeat(b)])
 
 
 __all__ = ['carry_pruned', 'pruned_rows', 'merge_tokens', 'restore_patches',
