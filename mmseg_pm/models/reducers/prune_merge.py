@@ -395,7 +395,9 @@ class PruneMerge(TokenReducer):
         Sparse M / R are a weighted scatter-add and a weighted gather that mmengine's counter
         does not see: merge = (non-pruned patches) * C multiply-adds, restore = N * C per
         application (one after block b, one per ``out_indices`` entry inside the span). Dense
-        M / R are matmuls the counter counts: ``(P + K) (P + N) C`` each.
+        M / R are matmuls the counter counts: ``(P + K) (P + N) C`` each. M and R are counted
+        as the operators of the paper; the inference path, which applies ``M_b R_a`` of units in
+        consecutive blocks as one gather, does slightly fewer (under 0.02% of the model).
 
         Returns:
             list[dict]: per unit in block order: ``span``, ``active``, ``representation``,
