@@ -38,8 +38,10 @@ def _starts(sizes: Tensor) -> Tensor:
 
 def _memo_by_weights(cache: Optional[dict], key, sources: Sequence[Tensor], make):
     """``make()``, kept in ``cache`` outside autograd until one of ``sources`` changes (same
-    object, same version counter; the entry holds the objects, so their ids stay theirs)."""
-    if cache is None or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
+    object, same version counter; the entry holds the objects, so their ids stay theirs).
+    While ``torch.compile`` traces, ``make()`` every time (the weights become graph ops)."""
+    if cache is None or torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
         return make()
     stamp = [(id(s), s._version) for s in sources]
     hit = cache.get(key)
@@ -207,10 +209,11 @@ def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
     p = num_prefix
 
     def make():
-        plan = _chain_plan(assign_a, assign_b, k_b, p, b, pk_a)
+        plan = memoized(cache, ('plan', b, z.device),
+                        lambda: _chain_plan(assign_a, assign_b, k_b, p, b, pk_a))
         return plan['rows'], plan['offsets'], _chain_weights(plan, restore_a, merge_b, p, b,
                                                              z.dtype)
-    # one lookup per call: indices and weights together, rebuilt when a weight changes
+    # one lookup per call: indices and weights together, weights rebuilt when one changes
     rows, offsets, weights = _memo_by_weights(cache, (b, z.device, z.dtype),
                                               (restore_a, merge_b), make)
     table = torch.cat([z.reshape(b * pk_a, c), carried.reshape(-1, c)])

@@ -49,7 +49,7 @@ def reduction_range(timer: Optional[ReductionTimer] = None):
     ``token_reduction`` while a profiler runs, else nothing (no cost, nothing traced)."""
     if timer is not None:
         return timer()
-    if torch.autograd._profiler_enabled():
+    if not torch.compiler.is_compiling() and torch.autograd._profiler_enabled():
         return torch.profiler.record_function('token_reduction')
     return contextlib.nullcontext()
 

@@ -311,7 +311,9 @@ class PruneMerge(TokenReducer):
         self.mode = mode
         self.representation = representation
         self.trainable = trainable
-        self._end_of = {b: a for a, b in spans}
+        # units by first and by last block (int keys: no str() in the per-block hooks)
+        self._starting = {a: self._modules[str(a)] for a, _ in spans}
+        self._ending = {b: self._modules[str(a)] for a, b in spans}
 
     def __getitem__(self, start) -> PruneMergeUnit:
         """The unit starting at block ``start``."""
@@ -357,7 +359,7 @@ class PruneMerge(TokenReducer):
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.trainable)))
 
     def pre_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
-        unit = self._modules.get(str(block))
+        unit = self._starting.get(block)
         if unit is None or unit.is_identity:
             return x
         chained = ctx.extra.pop(CHAINED, None)
@@ -378,14 +380,14 @@ class PruneMerge(TokenReducer):
         """Restore the unit ending at ``block``; on the carried-rows path, when the next block
         starts another unit, leave the step open and ``x`` reduced for that unit's merge (an
         output the backbone takes here is still restored through the open step)."""
-        start = self._end_of.get(block)
-        if start is None or self._modules[str(start)].is_identity:
+        unit = self._ending.get(block)
+        if unit is None or unit.is_identity:
             return x
         carried = ctx.extra.pop(CARRIED, None)
-        following = self._modules.get(str(block + 1))
+        following = self._starting.get(block + 1)
         if (carried is not None and following is not None and not following.is_identity
                 and x.dtype == carried.dtype):
-            ctx.extra[CHAINED] = (self._modules[str(start)], carried)
+            ctx.extra[CHAINED] = (unit, carried)
             return x
         return ctx.pop(x)
 

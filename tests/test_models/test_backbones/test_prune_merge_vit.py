@@ -256,3 +256,21 @@ def test_inference_path_equals_the_training_path(pm_cfg, kw, chained, monkeypatc
     assert [blk for blk, _ in fast_groups] == [blk for blk, _ in plain_groups]
     for (_, a), (_, b) in zip(fast_groups, plain_groups):
         assert torch.equal(a, b)
+
+
+def test_compressed_inference_compiles_as_one_graph():
+    """The static structure traces without graph breaks (``fullgraph=True`` raises on one)
+    and the compiled model follows an in-place change of M / R like the eager one."""
+    model = PruneMergeViT(pm_cfg=dict(mode='layer'), **dict(TINY, out_indices=(1, 3)))
+    model.init_weights()
+    compress(model)
+    model.eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for _ in range(2):
+            for a, b in zip(outputs(model, x), outputs(compiled, x)):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            for unit in model.pm_units:
+                unit.restore_weight.mul_(2)
