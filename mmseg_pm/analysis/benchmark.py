@@ -173,8 +173,9 @@ def compile_models(models: Dict[str, nn.Module], example: Dict[str, Tensor]) -> 
         dict: name -> ``dict(compiled=bool, max_abs_diff=float | None, message=str)``.
     """
     import torch._dynamo
-    # the reduction hooks break the graph once per block (their Python control flow depends
-    # on the block index): allow one compiled frame per block instead of dynamo's default 8
+    # Prune-and-Merge (static) compiles as one graph; the data-dependent token counts of the
+    # other methods break it at their hooks: allow one compiled frame per block instead of
+    # dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     report = {}
     for name, model in models.items():
@@ -214,6 +215,9 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
 
     Returns:
         dict: ``protocol`` and ``rows`` (one per model and setting; see the module docstring).
+
+    Raises:
+        UserError: no model given.
     """
     names = list(models)
     if not names:
@@ -223,6 +227,8 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
     stock = next((n for n in names if roles.get(n) == 'stock'), None)
     shape = list(inputs[names[0]].shape[-2:])
     load_start = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    eager = dict(models)  # the reduction-time share is measured on the eager forward: its
+    # timer is Python around each hook, which a compiled graph would have to break for
     compiled = compile_models(models, inputs) if spec.compile else {}
     per_setting = len(names) * (spec.warmup + spec.repeat * spec.iters + 1)
     bar = tqdm(total=len(spec.batch_sizes) * len(spec.precisions) * per_setting, unit='fwd',
@@ -262,7 +268,7 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
                                speedup_vs_stock=(stats[stock]['median'] / lat['median']
                                                  if stock else None),
                                memory=memory, compile=compiled.get(n),
-                               reduction_time=reduction_time(models[n], xs[n],
+                               reduction_time=reduction_time(eager[n], xs[n],
                                                              spec.reduction_iters,
                                                              spec.device, precision))
                     row.update(_flops_fields(flops, ref, n))
@@ -287,6 +293,8 @@ def run_benchmark(models: Dict[str, nn.Module], inputs: Dict[str, Tensor], spec:
         gflops_ratio='uncompressed GFLOPs / model GFLOPs (reduction ops counted; 1 multiply-add '
                      '= 1 FLOP)',
         efficiency='speed-up / GFLOPs ratio', loadavg_1min_start=load_start,
+        reduction_time='share of the eager forward spent in the token-reduction hooks '
+                       '(ReductionTimer, median over the profiled forwards)',
         **machine_info(spec.device))
     protocol['batch_sizes'] = list(spec.batch_sizes)
     protocol['precisions'] = list(spec.precisions)

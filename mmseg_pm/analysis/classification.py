@@ -121,6 +121,10 @@ def classifier_from_timm(timm_model: nn.Module,
 
     Returns:
         ViTClassifier: in eval mode, on ``timm_model``'s device.
+
+    Raises:
+        ConfigError: the converted encoder does not fit the backbone exactly (a key missing
+            or unexpected besides the reducer's own parameters).
     """
     from ..converters.timm import convert_timm_vit
     cfg = timm_vit_backbone_cfg(timm_model)

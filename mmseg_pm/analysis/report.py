@@ -71,7 +71,9 @@ def protocol_text(protocol: dict) -> str:
             f'warmup {p["warmup"]}, {p["iters"]} iters x {p["repeat"]} repeats per model and '
             f'setting ({p["order"]}; {p["timer"]}); latency = median and IQR per forward of '
             f'the batch; throughput = batch / median; speed-up = {p["speedup"]}; GFLOPs ratio '
-            f'= {p["gflops_ratio"]}; efficiency = {p["efficiency"]}.')
+            f'= {p["gflops_ratio"]}; efficiency = {p["efficiency"]}'
+            + (f'; reduction time = {p["reduction_time"]}' if p.get('reduction_time') else '')
+            + '.')
 
 
 def benchmark_table(rows: List[dict]) -> str:

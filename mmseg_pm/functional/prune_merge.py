@@ -121,7 +121,8 @@ def merge_to_center_assign(centers: Tensor, grid_size: Sequence[int],
 
     Run ``k`` ends at ``ceil((c_k + c_{k+1}) / 2)`` (a tie goes to the later center), clipped at
     the end of the center's image row; the next run starts where the previous one ended; the
-    last center takes the tail. Official code [CLS-CODE ``get_merge_matrix``] computes the
+    last center takes the tail. The official code (NUST-Machine-Intelligence-Laboratory/
+    prune_and_merge, ``pm-vit/tm_prune_merge_to_center.py``, ``get_merge_matrix``) computes the
     center's row as ``(c_k + 1) // W_g`` (off by one for a center in the last column); pass
     ``official_row_clip=False`` for the intended ``c_k // W_g``.
 
@@ -239,6 +240,9 @@ def select_tokens(scores: Tensor, num_keep: int, num_prune: int) -> Tuple[Tensor
 
     Returns:
         tuple[Tensor, Tensor]: bool masks ``(N,)`` of centers and pruned patches.
+
+    Raises:
+        ValueError: ``num_keep`` or ``num_prune`` out of range.
     """
     n = scores.numel()
     if not 1 <= num_keep <= n or not 0 <= num_prune <= n - num_keep:

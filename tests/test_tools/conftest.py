@@ -1,13 +1,9 @@
 """Fixtures of the tool tests: tiny analysis models as files, training runs of the demo
-configs (shared by the train / test / resume tests).
-
-``REPO`` is re-exported for ``test_distributed.py`` (``from conftest import REPO``); new tests
-import helpers from :mod:`tests.utils`.
-"""
+configs (shared by the train / test / resume tests). Helpers live in :mod:`tests.utils`."""
 import pytest
 
-from tests.utils import (BASELINE, DEMO, REPO, build_model, compress_randomly,  # noqa: F401
-                         run_tool, save_checkpoint, tiny_cfg)
+from tests.utils import (BASELINE, DEMO, build_model, compress_randomly, run_tool,
+                         save_checkpoint, tiny_cfg)
 
 
 @pytest.fixture(scope='session')

@@ -11,6 +11,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from ...errors import ConfigError, FixedTokenCountError
+from ...functional.common import patch_grid
 from ..layers.attention import AttentionTap, encoder_layer_forward, fuse_attention
 from ..reducers.base import ReductionContext, TokenReducer
 
@@ -241,7 +242,7 @@ class TokenReductionViT(VisionTransformer):
         """
         h, w = inputs.shape[-2:]
         ps = self.patch_size
-        out_grid = (-(-h // ps), -(-w // ps))
+        out_grid = patch_grid((h, w), ps)
         if out_grid[0] > grid[0] or out_grid[1] > grid[1]:
             ch, cw = grid[0] * ps, grid[1] * ps
             raise FixedTokenCountError(

@@ -212,13 +212,19 @@ class TokenReducer(BaseModule):
         return patches
 
     def pre_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
+        """Before block ``block``: ``(B, L, C)`` tokens in, ``(B, L', C)`` out (``L' <= L``;
+        a shortening pushes its restore on ``ctx``)."""
         return x
 
     def post_attn(self, block: int, x: Tensor, ctx: ReductionContext,
                   tap: Optional[AttentionTap]) -> Tensor:
+        """Inside block ``block``, after the attention residual: ``(B, L, C)`` in, ``(B, L', C)``
+        out, given the block's :class:`AttentionTap` (only for :attr:`post_attn_blocks`)."""
         return x
 
     def post_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
+        """After block ``block``: ``(B, L, C)`` in, ``(B, L'', C)`` out (a restore may lengthen
+        the sequence)."""
         return x
 
     # -- reporting ----------------------------------------------------------------------------
