@@ -182,15 +182,18 @@ def restore_patches(z: Tensor, shortcut: Optional[Tensor], assign: Tensor,
 
 def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
                        second: Tuple[Tensor, Tensor, int], num_prefix: int,
-                       cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+                       cache: Optional[dict] = None,
+                       joined: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Restore after unit ``a`` and merge before unit ``b`` (the next block) in one step.
 
     Equals ``y = restore_patches(z, None, ..., carried=carried)`` of ``a`` followed by
     ``merge_tokens(y, ...)`` and ``carry_pruned(y, ...)`` of ``b`` (up to float rounding: the
     weights ``merge_weight_b[j] * restore_weight_a[j]`` are multiplied first), without the
-    ``(B, P + N, C)`` grid ``y``: both outputs are one weighted gather from the rows of ``z``
-    and ``carried`` (concatenated: one copy of ``z``, one ``embedding_bag`` whose output holds
-    the merged tokens, then the carried rows).
+    ``(B, P + N, C)`` grid ``y``: both outputs are one weighted gather (``embedding_bag``)
+    from the rows of ``z`` followed by those of ``carried``. The outputs are consecutive views
+    of one tensor, returned as well: when the next block writes its output into the merged
+    tokens' rows, that tensor is already the next step's ``joined`` input, and the step
+    needs no copy (else ``z`` and ``carried`` are concatenated first).
 
     Args:
         z (Tensor): ``(B, P + K_a, C)`` output of unit ``a``'s last block.
@@ -199,10 +202,13 @@ def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
         second (tuple): unit ``b``: ``(assign (N,), merge_weight (N,), K_b)``.
         num_prefix (int): P.
         cache (dict, optional): for this pair of structures (see the module docstring).
+        joined (Tensor, optional): ``(B * (P + K_a) + B * n_pruned_a, C)``, the rows of ``z``
+            then of ``carried`` in one tensor (whose views ``z`` and ``carried`` are).
 
     Returns:
-        tuple[Tensor, Tensor]: merged tokens ``(B, P + K_b, C)`` and the carried rows of ``b``,
-        ``(B, n_pruned_b, C)``.
+        tuple[Tensor, Tensor, Tensor]: merged tokens ``(B, P + K_b, C)``, the carried rows of
+        ``b`` ``(B, n_pruned_b, C)``, and the ``(B * (P + K_b) + B * n_pruned_b, C)`` tensor
+        both are views of.
     """
     (assign_a, restore_a), (assign_b, merge_b, k_b) = first, second
     b, pk_a, c = z.shape
@@ -216,10 +222,11 @@ def restore_then_merge(z: Tensor, carried: Tensor, first: Tuple[Tensor, Tensor],
     # one lookup per call: indices and weights together, weights rebuilt when one changes
     rows, offsets, weights = _memo_by_weights(cache, (b, z.device, z.dtype),
                                               (restore_a, merge_b), make)
-    table = torch.cat([z.reshape(b * pk_a, c), carried.reshape(-1, c)])
-    out = F.embedding_bag(rows, table, offsets, mode='sum', per_sample_weights=weights)
+    if joined is None:
+        joined = torch.cat([z.reshape(b * pk_a, c), carried.reshape(-1, c)])
+    out = F.embedding_bag(rows, joined, offsets, mode='sum', per_sample_weights=weights)
     merged = b * (p + k_b)  # the merged tokens' rows first, then the carried rows
-    return out[:merged].view(b, p + k_b, c), out[merged:].view(b, -1, c)
+    return out[:merged].view(b, p + k_b, c), out[merged:].view(b, -1, c), out
 
 
 def _chain_plan(assign_a: Tensor, assign_b: Tensor, k_b: int, p: int, b: int,

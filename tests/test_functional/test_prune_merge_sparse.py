@@ -119,8 +119,14 @@ def test_restore_then_merge_equals_restore_then_merge(num_prefix, batch):
         y = pms.restore_patches(z, None, a.assign, ra, p, carried=carried)
         expected = (pms.merge_tokens(y, b.assign, mb, b.num_groups, p),
                     pms.carry_pruned(y, b.assign, p))
-        got = pms.restore_then_merge(z, carried, (a.assign, ra), (b.assign, mb, b.num_groups),
-                                     p, cache)
-        for e, g in zip(expected, got):
-            assert e.shape == g.shape
-            torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
+        # z and carried given apart (copied together) or already as one tensor
+        joined = torch.cat([z.reshape(-1, 8), carried.reshape(-1, 8)])
+        for given in (None, joined):
+            *got, whole = pms.restore_then_merge(z, carried, (a.assign, ra),
+                                                 (b.assign, mb, b.num_groups), p, cache, given)
+            for e, g in zip(expected, got):
+                assert e.shape == g.shape
+                torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
+            # the two outputs are consecutive views of the returned tensor
+            torch.testing.assert_close(whole, torch.cat([g.reshape(-1, 8) for g in got]))
+            assert got[0].data_ptr() == whole.data_ptr()

@@ -307,13 +307,14 @@ class TokenReductionViT(VisionTransformer):
                 tap = tap or AttentionTap()
                 tap.attn_hook = hook
             bias = ctx.attention_bias(proportional)
-            if tap is None and bias is None and i not in post_attn:
+            buffer, ctx.output_buffer = ctx.output_buffer, None
+            if tap is None and bias is None and i not in post_attn and buffer is None:
                 x = layer(x)
             else:
                 between = (partial(_in_range, self.reduction_timer, reducer.post_attn, i, ctx=ctx,
                                    tap=tap)
                            if i in post_attn else None)
-                x = encoder_layer_forward(layer, x, bias, tap, between)
+                x = encoder_layer_forward(layer, x, bias, tap, between, out=buffer)
             if reducer is not None:
                 with reduction_range(self.reduction_timer):
                     x = reducer.post_block(i, x, ctx)

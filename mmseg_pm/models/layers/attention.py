@@ -11,6 +11,7 @@ a caller asks for it (Prune-and-Merge's gradient-weighted scoring).
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
@@ -158,7 +159,8 @@ def fuse_attention(layers: nn.ModuleList) -> None:
 
 def encoder_layer_forward(layer: nn.Module, x: Tensor, attn_bias: Optional[Tensor] = None,
                           tap: Optional[AttentionTap] = None,
-                          between: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+                          between: Optional[Callable[[Tensor], Tensor]] = None,
+                          out: Optional[Tensor] = None) -> Tensor:
     """mmseg ``TransformerEncoderLayer.forward`` with hook points for token reducers.
 
     ``x = x + Attn(LN1(x))``, then ``x = between(x)`` (a reduction between the attention
@@ -170,14 +172,21 @@ def encoder_layer_forward(layer: nn.Module, x: Tensor, attn_bias: Optional[Tenso
         attn_bias (Tensor, optional): see :func:`self_attention`.
         tap (AttentionTap, optional): attention pieces to expose (read them in ``between``).
         between (callable, optional): ``(B, L, C) -> (B, L', C)``.
+        out (Tensor, optional): ``(B, L', C)`` to write the output into (the MLP residual
+            sum goes there instead of a new tensor), e.g. the layer's own input when nothing
+            reads it afterwards; inference only.
 
     Returns:
-        Tensor: ``(B, L', C)``.
+        Tensor: ``(B, L', C)`` (``out`` when given).
     """
     x = layer.attn(layer.norm1(x), identity=x, attn_bias=attn_bias, tap=tap)
     if between is not None:
         x = between(x)
-    return layer.ffn(layer.norm2(x), identity=x)
+    ffn = layer.ffn
+    if out is None or not ffn.add_identity:
+        return ffn(layer.norm2(x), identity=x)
+    # mmcv FFN.forward with the residual sum written into ``out``
+    return torch.add(x, ffn.dropout_layer(ffn.gamma2(ffn.layers(layer.norm2(x)))), out=out)
 
 
 __all__ = ['AttentionTap', 'self_attention', 'FusedMultiheadAttention', 'fuse_attention',

@@ -33,6 +33,10 @@ class ReductionContext:
         groups (list | None): when a list, every step appends ``(block, source)`` (for
             pictures of the token groups).
         extra (dict): what a reducer hands from one of its hooks to a later one.
+        output_buffer (Tensor | None): set by a reducer's :meth:`~TokenReducer.pre_block`:
+            the ``(B, L, C)`` tensor the block writes its output into (its own input, when the
+            reducer made it and nothing reads it afterwards; inference only). The backbone
+            takes it for that block and clears it.
     """
 
     def __init__(self, num_prefix: int, grid: Tuple[int, int], record_groups: bool = False):
@@ -45,6 +49,7 @@ class ReductionContext:
         self.token_counts: List[int] = []
         self.groups: Optional[list] = [] if record_groups else None
         self.extra: dict = {}
+        self.output_buffer: Optional[Tensor] = None
         self._bias_key = None
         self._bias = None
 

@@ -74,6 +74,7 @@ class PruneMergeUnit(nn.Module):
             raise ConfigError(f'grid_size must be positive, got {tuple(grid_size)}')
         self.num_prefix = int(num_prefix)
         self.representation = representation
+        self.single_block = int(span[0]) == int(span[1])  # a per-layer unit
         self.register_buffer('span', torch.tensor([int(span[0]), int(span[1])]))
         self.register_buffer('grid_size', torch.tensor([h, w]))
         self.register_buffer('assign', torch.empty(0, dtype=torch.long))
@@ -185,8 +186,8 @@ class PruneMergeUnit(nn.Module):
         (sparse only)."""
         return pms.carry_pruned(x, self.assign, self.num_prefix, self._index_cache)
 
-    def merge_after(self, upstream: 'PruneMergeUnit', z: Tensor,
-                    carried: Tensor) -> Tuple[Tensor, Tensor]:
+    def merge_after(self, upstream: 'PruneMergeUnit', z: Tensor, carried: Tensor,
+                    joined: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Restore ``upstream`` (which ends in the block before this unit) and merge into this
         unit in one step, without the full grid in between (sparse only;
         :func:`~mmseg_pm.functional.prune_merge_sparse.restore_then_merge`).
@@ -195,10 +196,12 @@ class PruneMergeUnit(nn.Module):
             upstream (PruneMergeUnit): the unit ending at block ``self.start - 1``.
             z (Tensor): ``(B, P + K_up, C)`` its last block's output.
             carried (Tensor): ``(B, n_pruned_up, C)`` its carried rows.
+            joined (Tensor, optional): ``z`` and ``carried`` as one tensor, when they are
+                consecutive views of it (no copy needed).
 
         Returns:
-            tuple[Tensor, Tensor]: ``(B, P + K, C)`` merged tokens and this unit's carried
-            rows ``(B, n_pruned, C)``.
+            tuple[Tensor, Tensor, Tensor]: ``(B, P + K, C)`` merged tokens, this unit's
+            carried rows ``(B, n_pruned, C)`` and the tensor both are views of.
         """
         generation, cache = self._index_cache.get('after', (None, None))
         if generation != upstream._generation:  # one upstream structure at a time
@@ -206,7 +209,8 @@ class PruneMergeUnit(nn.Module):
             self._index_cache['after'] = (upstream._generation, cache)
         return pms.restore_then_merge(
             z, carried, (upstream.assign, upstream.restore_weight),
-            (self.assign, self.merge_weight, self.centers.numel()), self.num_prefix, cache)
+            (self.assign, self.merge_weight, self.centers.numel()), self.num_prefix, cache,
+            joined)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -363,17 +367,22 @@ class PruneMerge(TokenReducer):
         if unit is None or unit.is_identity:
             return x
         chained = ctx.extra.pop(CHAINED, None)
+        joined = None
         if chained is not None:  # x is the reduced output of the unit ending at block - 1
-            upstream, carried = chained
+            upstream, carried, joined = chained
             ctx.drop()
-            z, carried = unit.merge_after(upstream, x, carried)
+            z, carried, joined = unit.merge_after(upstream, x, carried, joined)
+            if unit.single_block and not torch.compiler.is_compiling():
+                # the block writes its output over z, so z and carried stay one tensor and
+                # the next unit's step needs no copy
+                ctx.output_buffer = z
         elif self.carries_rows(x):
             z, carried = unit.merge(x), unit.carry(x)
         else:
             ctx.push(partial(unit.restore, shortcut=x), unit.assign, block)
             return unit.merge(x)
         ctx.push(partial(unit.restore, carried=carried), unit.assign, block)
-        ctx.extra[CARRIED] = carried
+        ctx.extra[CARRIED] = (carried, z, joined)
         return z
 
     def post_block(self, block: int, x: Tensor, ctx: ReductionContext) -> Tensor:
@@ -383,11 +392,12 @@ class PruneMerge(TokenReducer):
         unit = self._ending.get(block)
         if unit is None or unit.is_identity:
             return x
-        carried = ctx.extra.pop(CARRIED, None)
+        carried, z, joined = ctx.extra.pop(CARRIED, (None, None, None))
         following = self._starting.get(block + 1)
         if (carried is not None and following is not None and not following.is_identity
                 and x.dtype == carried.dtype):
-            ctx.extra[CHAINED] = (unit, carried)
+            # x is z when the block wrote its output into its input (see pre_block)
+            ctx.extra[CHAINED] = (unit, carried, joined if x is z else None)
             return x
         return ctx.pop(x)
 

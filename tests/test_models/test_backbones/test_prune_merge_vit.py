@@ -219,17 +219,19 @@ def test_deprecated_compression_keys_still_read():
 
 
 @pytest.mark.parametrize('pm_cfg,kw,chained', [
-    (dict(mode='layer'), dict(out_indices=-1), [1, 2, 3]),
-    (dict(mode='layer'), dict(out_indices=(0, 2, 3)), [1, 2, 3]),
+    # (unit start, whether it got the previous step's output and carried rows as one tensor)
+    (dict(mode='layer'), dict(out_indices=-1), [(1, False), (2, True), (3, True)]),
+    (dict(mode='layer'), dict(out_indices=(0, 2, 3)), [(1, False), (2, True), (3, True)]),
     (dict(mode='layer', layers=[0, 1, 3]), dict(with_cls_token=False, out_indices=(1, 3)),
-     [1]),
+     [(1, False)]),
     (dict(mode='span', spans=[(0, 1), (2, 3)]), dict(output_cls_token=True, out_indices=(0, 3)),
-     [2]),
+     [(2, False)]),
 ])
 def test_inference_path_equals_the_training_path(pm_cfg, kw, chained, monkeypatch):
-    """Without autograd, units keep only their pruned rows and units in consecutive blocks are
-    restored and merged in one step; outputs, token counts and token groups equal the path
-    training differentiates (every unit restored to the full grid)."""
+    """Without autograd, units keep only their pruned rows, units in consecutive blocks are
+    restored and merged in one step, and a per-layer unit's block writes its output over its
+    input (so the next step copies nothing); outputs, token counts and token groups equal the
+    path training differentiates (every unit restored to the full grid)."""
     model = PruneMergeViT(pm_cfg=pm_cfg, **dict(TINY, **kw))
     model.init_weights()
     compress(model)
@@ -238,9 +240,9 @@ def test_inference_path_equals_the_training_path(pm_cfg, kw, chained, monkeypatc
     calls = []
     merge_after = PruneMergeUnit.merge_after
 
-    def spy(unit, *args):
-        calls.append(unit.start)
-        return merge_after(unit, *args)
+    def spy(unit, upstream, z, carried, joined=None):
+        calls.append((unit.start, joined is not None))
+        return merge_after(unit, upstream, z, carried, joined)
     monkeypatch.setattr(PruneMergeUnit, 'merge_after', spy)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

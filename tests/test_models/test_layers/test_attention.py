@@ -74,6 +74,18 @@ def test_encoder_layer_forward_calls_between_after_the_attention_residual():
     assert torch.allclose(seen[0], after_attn)
 
 
+def test_encoder_layer_forward_writes_into_out():
+    """``out=`` (the layer's own input here) receives exactly the layer's output."""
+    _, fused = layer_pair()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = fused(x)
+        buffer = x.clone()
+        y = encoder_layer_forward(fused, buffer, out=buffer)
+    assert y is buffer
+    assert torch.equal(y, expected)
+
+
 def test_cross_attention_is_refused():
     _, fused = layer_pair()
     x = torch.randn(1, 4, 32)
