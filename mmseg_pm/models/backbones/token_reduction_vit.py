@@ -22,7 +22,8 @@ class ReductionTimer:
 
     Timed with ``time.perf_counter`` around every reducer hook and restore (the same places as
     the ``token_reduction`` profiler ranges), with ``torch.cuda.synchronize`` on GPU. A plain
-    context manager (no generator), so the timer adds as little as possible to what it times.
+    context manager (no generator), so the timer adds as little as possible to what it times;
+    its regions do not nest.
     """
 
     def __init__(self, cuda: bool = False):
