@@ -40,9 +40,9 @@ FORMAT = 'mmseg_pm.compare_methods/1'
 #: were written by this run
 STOP_ENV = 'MMSEG_PM_COMPARE_STOP_AFTER'
 #: the settings a resumed run must share with the file it continues
-RESUME_KEYS = ('config', 'checkpoint', 'cfg_options', 'data_root', 'val_images', 'batch_size',
-               'score_iters', 'pm_prune_rate', 'tolerance', 'device', 'warmup', 'iters',
-               'repeat', 'seed')
+RESUME_KEYS = ('config', 'checkpoint', 'cfg_options', 'data_root', 'val_images', 'flops_images',
+               'batch_size', 'score_iters', 'pm_prune_rate', 'tolerance', 'device', 'warmup',
+               'iters', 'repeat', 'seed')
 
 
 @dataclass
@@ -55,6 +55,10 @@ class CompareSettings:
         methods (tuple[str]): subset of ``METHODS``.
         budgets (tuple[float]): fractions of the uncompressed GFLOPs, in (0, 1).
         val_images (int | None): first N validation images (None: all).
+        flops_images (int): the first N of them, resized to the crop, are the images the
+            GFLOPs (per-image methods: their mean), the knob search and the latency batch
+            use; the others are only evaluated, so memory does not grow with the
+            validation set. Default: 8.
         batch_size (int): latency batch size B.
         score_iters (int): Prune-and-Merge scoring batches T. Default: 102 (official).
         pm_prune_rate (float): Prune-and-Merge's fixed prune rate. Default: 0.1.
@@ -76,6 +80,7 @@ class CompareSettings:
     methods: Sequence[str] = METHODS
     budgets: Sequence[float] = (0.8, 0.7, 0.6)
     val_images: Optional[int] = None
+    flops_images: int = 8
     batch_size: int = 1
     score_iters: int = 102
     pm_prune_rate: float = PM_PRUNE_RATE
@@ -102,7 +107,8 @@ class CompareSettings:
         if bad or not self.budgets:
             raise UserError(f'--gflops takes fractions of the uncompressed GFLOPs in (0, 1), '
                             f'got {bad[0] if bad else "nothing"}')
-        for name, low in (('val_images', 1), ('batch_size', 1), ('score_iters', 1),
+        for name, low in (('val_images', 1), ('flops_images', 1), ('batch_size', 1),
+                          ('score_iters', 1),
                           ('iters', 1), ('repeat', 1), ('warmup', 0)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
@@ -208,8 +214,10 @@ class Comparison:
         if 'pm' in s.methods and any(row_key('pm', b) not in done for b in s.budgets):
             check_dataset((cfg.get('train_dataloader') or {}).get('dataset'), 'train')
         self.crop = default_input_shape(self.plain, cfg)
-        samples = load_images(cfg, len(self.data.samples), self.crop, split='val')
-        self.images = preprocess(self.plain, samples)
+        # the images at the crop, for GFLOPs, knob search and latency: a few, not the whole
+        # validation set (about 3 MB each in float at 512x512)
+        num = min(len(self.data.samples), max(s.flops_images, s.batch_size))
+        self.images = preprocess(self.plain, load_images(cfg, num, self.crop, split='val'))
         backbone = reduction_backbone(self.plain)
         grid = backbone.grid_size
         self.num_layers, self.num_patches = len(backbone.layers), grid[0] * grid[1]
@@ -251,8 +259,8 @@ class Comparison:
             budget=f'target = budget x uncompressed GFLOPs, reached when |GFLOPs / target - 1| '
                    f'<= {s.tolerance:g}',
             gflops=f'{CONVENTION}; reduction (merge / restore) ops counted; at the crop {h}x{w}; '
-                   f'per-image methods (ALGM): mean over the validation images resized to the '
-                   f'crop',
+                   f'per-image methods (ALGM): mean over the first {s.flops_images} validation '
+                   f'images resized to the crop',
             knobs={m: f'{k.name} in [{k.lo:g}, {k.hi:g}]: {k.description}'
                    for m, k in knobs.items()},
             search='both ends of the knob range, then safeguarded interpolation on the bracket '
@@ -383,7 +391,8 @@ class Comparison:
         if method == 'pm':
             self.log(f'pm: scoring pass, {s.score_iters} training batches')
         knob = method_knob(method, self.num_layers, self.num_patches, s.pm_prune_rate)
-        return build_method_model(knob, self.model_cfg, s.checkpoint, self.cfg, self.images,
+        return build_method_model(knob, self.model_cfg, s.checkpoint, self.cfg,
+                                  self.images[:s.flops_images],
                                   device=s.device, scope=self.scope,
                                   score_iters=s.score_iters, prune_rate=s.pm_prune_rate,
                                   seed=s.seed, progress=s.progress)

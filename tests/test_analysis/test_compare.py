@@ -129,11 +129,26 @@ def test_prune_merge_keep_rate_sets_the_structure_and_the_cost():
     (dict(methods=['dynamicvit']), '--methods takes'),
     (dict(val_images=0), '--val-images must be an integer >= 1'),
     (dict(batch_size=0), '--batch-size'),
+    (dict(flops_images=0), '--flops-images must be an integer >= 1'),
     (dict(tolerance=0.0), '--tolerance'),
 ])
 def test_settings_are_checked(kwargs, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
         CompareSettings(config='c.py', checkpoint='c.pth', out_dir='out', **kwargs)
+
+
+@pytest.mark.parametrize('flops_images, batch_size, expected', [(2, 1, 2), (1, 3, 3)])
+def test_only_the_flops_images_are_kept_at_the_crop(tiny_files, tmp_path, flops_images,
+                                                    batch_size, expected):
+    """Every validation image is evaluated, but only the first --flops-images (or a latency
+    batch, if larger) are held pre-processed at the crop."""
+    config, checkpoint = tiny_files
+    c = Comparison(CompareSettings(config, checkpoint, str(tmp_path / 'out'), val_images=4,
+                                   flops_images=flops_images, batch_size=batch_size,
+                                   progress=False))
+    c.prepare()
+    assert len(c.data.samples) == 4
+    assert c.images.shape[0] == expected
 
 
 def test_refusals_before_any_work(tiny_files, tmp_path):

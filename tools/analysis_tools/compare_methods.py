@@ -4,7 +4,8 @@ training-free: mIoU, agreement with the uncompressed model, KL divergence, GFLOP
 Usage:
   python tools/analysis_tools/compare_methods.py CONFIG CHECKPOINT
          [--methods pm tome evit algm mstm] [--gflops 0.8 0.7 0.6] [--val-images N]
-         [--batch-size B] [--score-iters T] [--out DIR] [--data-root DIR] [--resume]
+         [--flops-images 8] [--batch-size B] [--score-iters T] [--out DIR] [--data-root DIR]
+         [--resume]
          [--plot miou|agreement] [--device cpu|cuda] [--threads T] [--tolerance 0.03]
          [--pm-prune-rate 0.1] [--warmup W] [--iters I] [--repeat R] [--seed S]
          [--no-progress] [--cfg-options k=v ...]
@@ -40,6 +41,9 @@ def parse_args():
                         'GFLOPs (default: 0.8 0.7 0.6)')
     parser.add_argument('--val-images', type=int, help='first N validation images (default: '
                         'all)')
+    parser.add_argument('--flops-images', type=int, default=8, help='the first N validation '
+                        'images give the GFLOPs (per-image methods: their mean) and the knob '
+                        'search (default 8)')
     parser.add_argument('--batch-size', type=int, default=1, help='latency batch size '
                         '(default 1)')
     parser.add_argument('--score-iters', type=int, default=102, help='Prune-and-Merge scoring '
@@ -79,6 +83,7 @@ def main():
     settings = CompareSettings(
         config=args.config, checkpoint=args.checkpoint, out_dir=args.out,
         methods=args.methods, budgets=args.gflops, val_images=args.val_images,
+        flops_images=args.flops_images,
         batch_size=args.batch_size, score_iters=args.score_iters,
         pm_prune_rate=args.pm_prune_rate, tolerance=args.tolerance,
         cfg_options=args.cfg_options, data_root=args.data_root, device=args.device,
