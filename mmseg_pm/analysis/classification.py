@@ -132,14 +132,14 @@ def classifier_from_timm(timm_model: nn.Module,
     if backbone.reducer is not None:
         backbone.reducer.init_weights()
     state = convert_timm_vit(timm_model.state_dict())
-    reducer_keys = {f'{backbone.reducer_attr}.{k}'
-                    for k in (backbone.reducer.state_dict() if backbone.reducer is not None
-                              else {})}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in reducer_keys]
-    if missing or unexpected:
-        raise ConfigError(f'timm -> TokenReductionViT: missing {missing[:5]}, unexpected '
-                          f'{unexpected[:5]}')
+    if backbone.reducer is not None:  # the reducer's own tensors keep their initialisation
+        state.update({f'{backbone.reducer_attr}.{k}': v
+                      for k, v in backbone.reducer.state_dict().items()})
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f'timm -> TokenReductionViT: {" ".join(str(e).split())[:300]}') \
+            from None
     model = ViTClassifier(backbone, copy.deepcopy(timm_model.head))
     model.to(next(timm_model.parameters()).device)
     model.eval()

@@ -57,7 +57,7 @@ def _bag_weights(weight: Tensor, index, num_prefix: int, batch: int, dtype) -> T
     return torch.cat([weight.new_ones(num_prefix), weight[index]]).to(dtype).repeat(batch)
 
 
-def pruned_rows(assign: Tensor, num_prefix: int, batch: int) -> Tensor:
+def _pruned_rows(assign: Tensor, num_prefix: int, batch: int) -> Tensor:
     """Flat rows of the pruned patches in the ``(B * (P + N), C)`` view, ``(B * n_pruned,)``."""
     return flat_rows(torch.nonzero(assign < 0).flatten() + num_prefix, batch,
                      num_prefix + assign.numel())
@@ -68,7 +68,7 @@ def carry_pruned(x: Tensor, assign: Tensor, num_prefix: int,
     """The rows of the pruned patches of ``x``: ``(B, P + N, C) -> (B, n_pruned, C)``, in
     increasing patch order (what :func:`restore_patches` needs instead of the whole input)."""
     b, length, c = x.shape
-    rows = memoized(cache, ('pruned', b, x.device), lambda: pruned_rows(assign, num_prefix, b))
+    rows = memoized(cache, ('pruned', b, x.device), lambda: _pruned_rows(assign, num_prefix, b))
     return x.reshape(b * length, c).index_select(0, rows).view(b, -1, c)
 
 
@@ -137,7 +137,8 @@ def restore_patches(z: Tensor, shortcut: Optional[Tensor], assign: Tensor,
         assign (Tensor): LongTensor ``(N,)``, -1 for pruned patches.
         restore_weight (Tensor): ``(N,)``.
         num_prefix (int): P.
-        prune_mask (Tensor, optional): bool ``(N,)``; computed from ``assign`` if None.
+        prune_mask (Tensor, optional): bool ``(N,)``, ``assign < 0`` (computed if None;
+            only the ONNX / mixed-dtype fallback reads it).
         cache (dict, optional): see the module docstring.
         carried (Tensor, optional): ``(B, n_pruned, C)`` the pruned rows of the input
             (:func:`carry_pruned`), instead of ``shortcut``.
@@ -151,9 +152,9 @@ def restore_patches(z: Tensor, shortcut: Optional[Tensor], assign: Tensor,
     """
     if (shortcut is None) == (carried is None):
         raise ValueError('restore_patches needs exactly one of shortcut and carried')
-    if prune_mask is None:
-        prune_mask = assign < 0
     if shortcut is not None and (torch.onnx.is_in_onnx_export() or z.dtype != shortcut.dtype):
+        if prune_mask is None:
+            prune_mask = assign < 0
         return restore_tokens(z, assign, num_prefix, shortcut=shortcut, dropped=prune_mask,
                               weight=torch.where(prune_mask, 0, restore_weight))
     b, pk, c = z.shape
@@ -163,7 +164,7 @@ def restore_patches(z: Tensor, shortcut: Optional[Tensor], assign: Tensor,
         rows = torch.cat([torch.arange(p, device=assign.device), assign.clamp(min=0) + p])
         return flat_rows(rows, b, pk), torch.arange(b * (p + n), device=assign.device)
     rows, offsets = memoized(cache, ('restore', b, z.device), bags)
-    pruned = memoized(cache, ('pruned', b, z.device), lambda: pruned_rows(assign, p, b))
+    pruned = memoized(cache, ('pruned', b, z.device), lambda: _pruned_rows(assign, p, b))
     weights = _memo_by_weights(cache, ('restore_weights', b, z.dtype), (restore_weight,),
                                lambda: _bag_weights(restore_weight, slice(None), p, b, z.dtype))
     y = F.embedding_bag(rows, z.reshape(b * pk, c), offsets, mode='sum',
@@ -268,5 +269,5 @@ def _chain_weights(plan: dict, restore_a: Tensor, merge_b: Tensor, p: int, b: in
     return torch.cat([merge_w.to(dtype).repeat(b), factor[pruned_b].to(dtype).repeat(b)])
 
 
-__all__ = ['carry_pruned', 'pruned_rows', 'merge_tokens', 'restore_patches',
+__all__ = ['carry_pruned', 'merge_tokens', 'restore_patches',
            'restore_then_merge']
